@@ -1,0 +1,1 @@
+"""Experiments: orchestration of the maths, data, models and methods into runs, figures and tables."""

@@ -1,0 +1,33 @@
+"""Writing a recipe's outputs: figures as PNG + PDF, tables as CSV + JSON."""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+
+def save_figure(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
+    """Save ``figure`` as ``out_dir/stem.png`` (150 dpi) and ``out_dir/stem.pdf``; return both paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
+    for path in paths:
+        figure.savefig(path, dpi=150, bbox_inches="tight")
+    return paths
+
+
+def save_table(rows: Sequence[dict], out_dir: Path, stem: str) -> list[Path]:
+    """Save a list of flat dicts as ``out_dir/stem.csv`` and ``out_dir/stem.json``; return both paths."""
+    if not rows:
+        raise ValueError(f"no rows to write for {stem!r}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.json"
+    with csv_path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    json_path.write_text(json.dumps(list(rows), indent=2) + "\n")
+    return [csv_path, json_path]
