@@ -1,0 +1,325 @@
+"""Feature analysis of a PyTorch model: its features (Def. 1), its responses to them (Eq. 8) and starvation.
+
+* :class:`FeatureAnalysis` (scikit-learn style): ``fit(model, x, y)`` computes the ``k`` strongest features of
+  ``Y Φ₀ = U S V^T`` at the model's current parameters; ``response(logits)`` gives ``z = U^T Y ŷ`` (Eq. 8).
+* :class:`FeatureTracker`: fixes ``U`` at initialisation (as in Fig. 2) and records ``z(t)`` during any training
+  loop; ``history`` is a pandas DataFrame.
+* :func:`starvation_report`: which features carry the network's response and how each feature's response splits
+  over groups: the "starvation monitor".
+
+Labels are ``{-1, +1}`` (``{0, 1}`` are mapped, with a warning). Responses use ``r = Y ŷ`` by default; pass a
+``baseline`` (the logits at initialisation) to use Eq. 6's deviation ``r = Y (ŷ - ŷ₀)`` instead. Note that
+``z = U^T Y ŷ = U_K^T ŷ`` where ``U_K`` are the eigenvectors of the plain Gram ``K`` (``U = Y U_K``), which is what
+the paper's released code computes for Fig. 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from gradstarve import ntk
+
+
+def _as_numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    if isinstance(values, torch.Tensor):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def _model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> np.ndarray:
+    """``(n,)`` logits of a single-output model in eval mode, without gradients."""
+    outputs = []
+    with ntk.eval_mode(model), torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            outputs.append(model(x[start : start + batch_size]).reshape(-1))
+    logits = torch.cat(outputs)
+    if logits.shape[0] != x.shape[0]:
+        raise ValueError("feature responses need a model with one output (a binary logit)")
+    return _as_numpy(logits)
+
+
+class FeatureAnalysis:
+    """The ``k`` strongest features of a model's tangent features, ``Y Φ₀ = U S V^T`` (Def. 1).
+
+    Args:
+        k: number of features (default: all ``n``, dense only).
+        method: ``"dense"`` (Gram + ``eigh``/``eigsh``, ``O(n²)`` memory, keeps ``gram_``), ``"matrix_free"``
+            (Lanczos on ``K v = Φ (Φ^T v)``, bounded memory) or ``"auto"`` (dense up to n = 8,000).
+        ntk_method: NTK method for the dense path (see :func:`gradstarve.ntk.empirical_ntk`).
+        dtype: compute dtype (default float64 for accurate eigenvectors).
+        batch_size: mini-batch for the matrix-free path.
+
+    Attributes set by :meth:`fit`: ``strengths_`` ``(k,)`` (s, descending), ``eigenvalues_`` (s²), ``U_`` ``(n, k)``,
+    ``labels_`` ``(n,)`` in {-1, +1}, ``gram_`` ``(n, n)`` (dense only, else ``None``), ``trace_`` (``trace K =
+    Σ s_j²`` over all features, so ``eigenvalues_ / trace_`` is each feature's share), ``initial_logits_`` ``(n,)``
+    (the model's logits at fit time).
+    """
+
+    def __init__(
+        self,
+        k: int | None = None,
+        method: Literal["auto", "dense", "matrix_free"] = "auto",
+        ntk_method: ntk.Method = "auto",
+        dtype: torch.dtype | None = torch.float64,
+        batch_size: int = 4096,
+    ) -> None:
+        if method not in ("auto", "dense", "matrix_free"):
+            raise ValueError(f"method must be 'auto', 'dense' or 'matrix_free', got {method!r}")
+        self.k = k
+        self.method = method
+        self.ntk_method = ntk_method
+        self.dtype = dtype
+        self.batch_size = batch_size
+
+    def fit(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | np.ndarray) -> FeatureAnalysis:
+        """Compute the features of ``model`` on ``(x, y)`` at its current parameters. Returns ``self``."""
+        n = x.shape[0]
+        labels = ntk.signed_labels(y, n)
+        method = self.method
+        if method == "auto":
+            method = "dense" if n <= 8000 else "matrix_free"
+        if method == "matrix_free" and self.k is None:
+            raise ValueError("method='matrix_free' needs k (the number of features to compute)")
+        if method == "dense":
+            gram = ntk.empirical_ntk(model, x, method=self.ntk_method, dtype=self.dtype, multi_output="trace")
+            found = ntk.features_from_gram(gram, labels, self.k)
+            self.gram_ = _as_numpy(gram)
+        else:
+            found = ntk.top_features(
+                model, x, labels, self.k, "matrix_free", dtype=self.dtype, batch_size=self.batch_size
+            )
+            self.gram_ = None
+        self.trace_ = float(ntk.kernel_diagonal(model, x, dtype=self.dtype).sum())
+        self.U_ = found.U
+        self.strengths_ = found.strengths
+        self.eigenvalues_ = found.eigenvalues
+        self.labels_ = labels.numpy()
+        self.initial_logits_ = _model_logits(model, x.to(next(model.parameters()).dtype))
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "U_"):
+            raise RuntimeError("FeatureAnalysis is not fitted yet: call fit(model, x, y) first")
+
+    def response(
+        self, logits: torch.Tensor | np.ndarray, baseline: torch.Tensor | np.ndarray | None = None
+    ) -> np.ndarray:
+        """Feature responses ``z = U^T r`` (Eq. 8) with ``r = Y ŷ``, or ``r = Y (ŷ - baseline)`` (Eq. 6).
+
+        Args:
+            logits: ``(n,)`` or ``(n, 1)`` logits on the fitted examples.
+            baseline: optional ``(n,)`` logits to subtract, e.g. ``self.initial_logits_``.
+
+        Returns:
+            ``(k,)`` float64.
+        """
+        self._check_fitted()
+        values = _as_numpy(logits).reshape(-1)
+        if values.shape[0] != self.U_.shape[0]:
+            raise ValueError(
+                f"logits must have {self.U_.shape[0]} entries (the fitted examples), got {values.shape[0]}"
+            )
+        if baseline is not None:
+            values = values - _as_numpy(baseline).reshape(-1)
+        return self.U_.T @ (self.labels_ * values)
+
+    def plot(self, ax=None) -> Figure:
+        """The spectrum: strengths ``s_j`` (log scale) and the cumulative share of ``Σ s²`` they hold."""
+        self._check_fitted()
+        figure = Figure(figsize=(6, 3.6), layout="constrained") if ax is None else ax.figure
+        ax = figure.subplots() if ax is None else ax
+        index = np.arange(1, self.strengths_.shape[0] + 1)
+        ax.semilogy(index, self.strengths_, marker="o", ms=3, lw=1.2, color="C0")
+        ax.set_xlabel("feature j (Def. 1)")
+        ax.set_ylabel("strength $s_j$", color="C0")
+        ax.grid(ls="--", lw=0.5, alpha=0.5)
+        share = ax.twinx()
+        share.plot(index, np.cumsum(self.eigenvalues_) / self.trace_, color="C1", lw=1.2)
+        share.set_ylabel("cumulative share of trace K", color="C1")
+        share.set_ylim(0, 1.05)
+        ax.set_title("NTK feature spectrum")
+        return figure
+
+
+class FeatureTracker:
+    """Records the responses ``z(t) = U^T Y ŷ(t)`` (Eq. 8) to features fixed at initialisation, as in Fig. 2.
+
+    Create it before training (it fits :class:`FeatureAnalysis` on the model as it is), then call it at each step
+    of any training loop: ``tracker(step)`` evaluates the model on the tracked examples (eval mode, no gradients)
+    and records ``z`` if ``step`` is one of the chosen steps. ``tracker.callback`` has the ``(step, model)``
+    signature of the library's trainers.
+
+    Args:
+        model, x, y: the model at initialisation and the examples to track (labels {-1, +1} or {0, 1}).
+        k: number of features to track.
+        every: record every ``every``-th step (ignored when ``steps`` is given).
+        steps: explicit steps at which to record.
+        relative_to_initial: use Eq. 6's ``r = Y (ŷ - ŷ₀)`` so that ``z(0) = 0``; default ``False`` uses
+            ``r = Y ŷ``, as the paper's Fig. 2 does.
+        method: feature computation (see :class:`FeatureAnalysis`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor | np.ndarray,
+        k: int = 10,
+        *,
+        every: int = 1,
+        steps: Iterable[int] | None = None,
+        relative_to_initial: bool = False,
+        method: Literal["auto", "dense", "matrix_free"] = "auto",
+    ) -> None:
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive integer, got {every!r}")
+        self.model = model
+        self.x = x
+        self.every = every
+        self.steps = None if steps is None else {int(step) for step in steps}
+        self.analysis = FeatureAnalysis(k=min(k, x.shape[0]), method=method).fit(model, x, y)
+        self.baseline = self.analysis.initial_logits_ if relative_to_initial else None
+        self._steps: list[int] = []
+        self._responses: list[np.ndarray] = []
+
+    def should_record(self, step: int) -> bool:
+        return step in self.steps if self.steps is not None else step % self.every == 0
+
+    def __call__(self, step: int, model: nn.Module | None = None) -> np.ndarray | None:
+        """Record ``z`` at ``step`` (if chosen) for ``model`` (default: the tracked model); return it or ``None``."""
+        if not self.should_record(step):
+            return None
+        z = self.analysis.response(_model_logits(model or self.model, self.x), self.baseline)
+        self._steps.append(int(step))
+        self._responses.append(z)
+        return z
+
+    def callback(self, step: int, model: nn.Module) -> None:
+        """``(step, model)`` hook for training loops."""
+        self(step, model)
+
+    def record(self, step: int, logits: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Record ``z`` at ``step`` from logits already computed on the tracked examples (saves a forward pass)."""
+        z = self.analysis.response(logits, self.baseline)
+        self._steps.append(int(step))
+        self._responses.append(z)
+        return z
+
+    @property
+    def history(self) -> pd.DataFrame:
+        """One row per recorded step: ``step`` and ``z1 .. zk``."""
+        k = self.analysis.U_.shape[1]
+        frame = pd.DataFrame(np.array(self._responses).reshape(-1, k), columns=[f"z{j + 1}" for j in range(k)])
+        frame.insert(0, "step", np.array(self._steps, dtype=np.int64))
+        return frame
+
+    def plot(self, features: Sequence[int] = (1, 2), ax=None) -> Figure:
+        """``z_j(t)`` for the given 1-based feature indices."""
+        history = self.history
+        figure = Figure(figsize=(6, 3.6), layout="constrained") if ax is None else ax.figure
+        ax = figure.subplots() if ax is None else ax
+        for j in features:
+            if not 1 <= j <= self.analysis.U_.shape[1]:
+                raise ValueError(f"feature index {j} outside 1..{self.analysis.U_.shape[1]}")
+            ax.plot(history["step"], history[f"z{j}"], label=f"$z_{j}$ (s = {self.analysis.strengths_[j - 1]:.3g})")
+        ax.set_xlabel("step")
+        ax.set_ylabel("response $z_j$ (Eq. 8)")
+        ax.grid(ls="--", lw=0.5, alpha=0.5)
+        ax.legend()
+        return figure
+
+
+def starvation_report(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | np.ndarray,
+    groups: torch.Tensor | np.ndarray | None = None,
+    *,
+    k: int = 10,
+    group_names: Sequence[str] | None = None,
+    analysis: FeatureAnalysis | None = None,
+) -> tuple[pd.DataFrame, Figure]:
+    """Which features carry the model's response, and how each feature's response splits over groups.
+
+    For the ``k`` strongest features (Def. 1, at the model's current parameters unless a fitted ``analysis`` is
+    given, e.g. one fitted at initialisation), with ``r = Y ŷ`` the margins:
+
+    * ``strength`` ``s_j`` and ``strength_share`` ``s_j² / Σ_j s_j²`` (over the ``k`` features);
+    * ``response`` ``z_j = U_j^T r`` (Eq. 8) and ``response_share`` ``z_j² / Σ_j z_j²``;
+    * ``response_per_strength`` ``z_j / s_j``: how much of what the feature offers was learned. At a fixed point
+      under weight decay ``z_j / s_j = s_j (U^T α*)_j / λ`` (Eq. 18), so a strong feature whose ratio is far below
+      that of weaker ones is starved of gradient;
+    * per group ``g``, ``z[g] = Σ_{i in g} U_ij r_i``, the group's contribution to ``z_j`` (they sum to ``z_j``), and
+      the group's mean margin and accuracy in ``table.attrs["groups"]``.
+
+    Returns:
+        ``(table, figure)``: a DataFrame with one row per feature, and a figure with the shares (left) and the
+        per-group contributions (right).
+    """
+    n = x.shape[0]
+    analysis = analysis if analysis is not None else FeatureAnalysis(k=min(k, n)).fit(model, x, y)
+    labels = analysis.labels_
+    logits = _model_logits(model, x)
+    margins = labels * logits
+    z = analysis.U_.T @ margins
+    strengths = analysis.strengths_
+    table = pd.DataFrame(
+        {
+            "feature": np.arange(1, strengths.shape[0] + 1),
+            "strength": strengths,
+            "strength_share": strengths**2 / np.sum(strengths**2),
+            "response": z,
+            "response_share": z**2 / max(np.sum(z**2), np.finfo(float).tiny),
+            "response_per_strength": z / np.where(strengths > 0, strengths, np.nan),
+        }
+    )
+    group_ids = np.zeros(n, dtype=np.int64) if groups is None else _as_numpy(groups).astype(np.int64).reshape(-1)
+    if group_ids.shape[0] != n:
+        raise ValueError(f"groups must have {n} entries (one per example), got {group_ids.shape[0]}")
+    present = np.unique(group_ids)
+    names = list(group_names) if group_names is not None else [f"group {g}" for g in range(int(present.max()) + 1)]
+    if len(names) <= int(present.max()):
+        raise ValueError(f"group_names has {len(names)} names but group ids go up to {int(present.max())}")
+    group_rows = []
+    for g in present:
+        mask = group_ids == g
+        table[f"z[{names[g]}]"] = analysis.U_[mask].T @ margins[mask]
+        group_rows.append(
+            {
+                "group": names[g],
+                "count": int(mask.sum()),
+                "mean_margin": float(margins[mask].mean()),
+                "accuracy": float((margins[mask] > 0).mean()),
+            }
+        )
+    table.attrs["groups"] = pd.DataFrame(group_rows)
+    return table, _plot_report(table, [names[g] for g in present])
+
+
+def _plot_report(table: pd.DataFrame, group_labels: list[str]) -> Figure:
+    figure = Figure(figsize=(11, 3.8), layout="constrained")
+    left, right = figure.subplots(1, 2)
+    index = table["feature"].to_numpy()
+    width = 0.4
+    left.bar(index - width / 2, table["strength_share"], width, label="strength share $s_j^2/\\sum s^2$")
+    left.bar(index + width / 2, table["response_share"], width, label="response share $z_j^2/\\sum z^2$")
+    left.set_xlabel("feature j")
+    left.set_ylabel("share")
+    left.legend(fontsize=8)
+    left.set_title("What the network offers vs what it responds to")
+    contributions = np.array([table[f"z[{name}]"].to_numpy() for name in group_labels])
+    limit = float(np.max(np.abs(contributions))) or 1.0
+    image = right.imshow(contributions, aspect="auto", cmap="RdBu", vmin=-limit, vmax=limit)
+    right.set_yticks(range(len(group_labels)), group_labels)
+    right.set_xticks(range(len(index)), [str(j) for j in index])
+    right.set_xlabel("feature j")
+    right.set_title("Contribution of each group to $z_j$")
+    figure.colorbar(image, ax=right, shrink=0.85)
+    return figure

@@ -1,0 +1,146 @@
+"""FeatureAnalysis, FeatureTracker and starvation_report against direct linear algebra."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from matplotlib.figure import Figure
+from torch import nn
+
+from gradstarve.analysis import FeatureAnalysis, FeatureTracker, starvation_report
+from gradstarve.data.two_moons import two_moons
+from gradstarve.models import MLP
+
+
+def linear_problem(n: int = 12, d: int = 5, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, dtype=torch.float64, generator=generator)
+    y = torch.where(torch.rand(n, generator=generator) < 0.5, -1.0, 1.0).double()
+    model = nn.Linear(d, 1, bias=False).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.randn(1, d, dtype=torch.float64, generator=generator))
+    return model, x, y
+
+
+def test_feature_analysis_of_a_linear_model_is_the_svd_of_y_x():
+    """For f(x) = w·x the NTRF is X itself (Eq. 3), so the features are the SVD of diag(y) X (Def. 1)."""
+    model, x, y = linear_problem()
+    analysis = FeatureAnalysis(k=5).fit(model, x, y)
+    U, s, _ = np.linalg.svd(y.numpy()[:, None] * x.numpy(), full_matrices=False)
+    U = U * np.where(U.sum(axis=0) < 0, -1.0, 1.0)  # the library's sign convention: non-negative column sums
+    np.testing.assert_allclose(analysis.strengths_, s, rtol=1e-10)
+    np.testing.assert_allclose(analysis.eigenvalues_, s**2, rtol=1e-10)
+    np.testing.assert_allclose(analysis.U_, U, atol=1e-10)
+    np.testing.assert_allclose(analysis.gram_, x.numpy() @ x.numpy().T, rtol=1e-12)
+    assert analysis.trace_ == pytest.approx(float(np.sum(s**2)), rel=1e-12)
+
+
+def test_response_is_u_transpose_y_yhat_and_the_baseline_gives_eq6():
+    model, x, y = linear_problem(seed=1)
+    analysis = FeatureAnalysis(k=4).fit(model, x, y)
+    logits = torch.randn(12, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    expected = analysis.U_.T @ (y.numpy() * logits.numpy()[:, 0])
+    np.testing.assert_allclose(analysis.response(logits), expected, rtol=1e-12)
+    baseline = analysis.initial_logits_
+    np.testing.assert_allclose(
+        analysis.response(logits, baseline), analysis.U_.T @ (y.numpy() * (logits.numpy()[:, 0] - baseline)), rtol=1e-12
+    )
+    np.testing.assert_allclose(analysis.response(baseline, baseline), 0.0, atol=1e-12)
+
+
+def test_matrix_free_analysis_matches_dense():
+    model = MLP(2, (16,), 1, generator=torch.Generator().manual_seed(2)).double()
+    data = two_moons(n=80, seed=3)
+    x = data.x.double()
+    dense = FeatureAnalysis(k=4, method="dense").fit(model, x, data.signed_labels())
+    free = FeatureAnalysis(k=4, method="matrix_free", batch_size=32).fit(model, x, data.signed_labels())
+    np.testing.assert_allclose(free.strengths_, dense.strengths_, rtol=1e-8)
+    np.testing.assert_allclose(free.U_, dense.U_, atol=1e-8)
+    assert free.trace_ == pytest.approx(dense.trace_, rel=1e-12)
+    assert isinstance(dense.plot(), Figure)
+
+
+def test_tracker_records_chosen_steps_with_u_fixed_at_initialisation():
+    data = two_moons(n=60, seed=4)
+    model = MLP(2, (32,), 1, generator=torch.Generator().manual_seed(4))
+    with pytest.warns(UserWarning, match="mapped"):  # {0, 1} labels are mapped, and the user is told
+        tracker = FeatureTracker(model, data.x, data.y, k=3, every=5)
+    U0 = tracker.analysis.U_.copy()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    signs = data.signed_labels()
+    for step in range(21):
+        tracker(step)
+        loss = nn.functional.softplus(-signs * model(data.x)[:, 0]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    history = tracker.history
+    assert isinstance(history, pd.DataFrame)
+    assert history["step"].tolist() == [0, 5, 10, 15, 20]
+    assert list(history.columns) == ["step", "z1", "z2", "z3"]
+    np.testing.assert_array_equal(tracker.analysis.U_, U0)  # U is not refitted
+    with torch.no_grad():
+        final = model(data.x)[:, 0].double().numpy()
+    tracker.record(99, final)
+    np.testing.assert_allclose(
+        tracker.history.iloc[-1, 1:].to_numpy(float), U0.T @ (signs.double().numpy() * final), rtol=1e-6
+    )
+    assert isinstance(tracker.plot(features=(1, 2)), Figure)
+    relative = FeatureTracker(model, data.x, signs, k=2, steps=[0], relative_to_initial=True)
+    np.testing.assert_allclose(relative(0), 0.0, atol=1e-9)
+
+
+def test_starvation_report_group_contributions_sum_to_the_response():
+    data = two_moons(n=90, seed=5)
+    model = MLP(2, (24,), 1, generator=torch.Generator().manual_seed(5)).double()
+    groups = torch.arange(90) % 3
+    table, figure = starvation_report(
+        model, data.x.double(), data.signed_labels(), groups, k=5, group_names=["a", "b", "c"]
+    )
+    assert isinstance(figure, Figure)
+    assert list(table["feature"]) == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose(table[["z[a]", "z[b]", "z[c]"]].sum(axis=1), table["response"], rtol=1e-10, atol=1e-12)
+    assert table["strength_share"].sum() == pytest.approx(1.0)
+    assert table["response_share"].sum() == pytest.approx(1.0)
+    summary = table.attrs["groups"]
+    assert summary["count"].tolist() == [30, 30, 30]
+    with torch.no_grad():
+        margins = data.signed_labels().double() * model(data.x.double())[:, 0]
+    assert summary["mean_margin"].tolist() == pytest.approx([float(margins[groups == g].mean()) for g in range(3)])
+
+
+def test_analysis_errors():
+    model, x, y = linear_problem()
+    with pytest.raises(ValueError, match="labels must be in"):
+        FeatureAnalysis(k=2).fit(model, x, torch.arange(12))
+    with pytest.raises(ValueError, match="12 examples but y has 3"):
+        FeatureAnalysis(k=2).fit(model, x, y[:3])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        FeatureAnalysis().response(torch.zeros(3))
+    analysis = FeatureAnalysis(k=2).fit(model, x, y)
+    with pytest.raises(ValueError, match="12 entries"):
+        analysis.response(torch.zeros(5))
+    with pytest.raises(ValueError, match="matrix_free"):
+        FeatureAnalysis(method="matrix_free").fit(model, x, y)
+    with pytest.raises(ValueError, match="method"):
+        FeatureAnalysis(method="svd")
+    with pytest.raises(ValueError, match="groups must have 12"):
+        starvation_report(model, x, y, torch.zeros(4))
+
+
+def test_cli_ntk_spectrum_two_moons(tmp_path):
+    from typer.testing import CliRunner
+
+    from gradstarve.cli import app
+
+    result = CliRunner().invoke(app, ["ntk", "spectrum", "--n", "120", "--k", "4", "--out", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "label alignment" in result.output
+    assert (tmp_path / "spectrum-two-moons.png").exists()
+    rows = pd.read_csv(tmp_path / "spectrum-two-moons.csv")
+    assert rows["strength"].is_monotonic_decreasing and len(rows) == 4
+    assert 0 < rows["trace_share"].sum() <= 1
+    bad = CliRunner().invoke(app, ["ntk", "spectrum", "--dataset", "imagenet"])
+    assert bad.exit_code == 2 and "dataset must be one of" in bad.output
