@@ -175,11 +175,15 @@ def linear_stack(model: nn.Module) -> list[nn.Module] | None:
 
 @dataclass
 class _LayerFeatures:
-    """Per linear layer: its input ``h`` (n, d_in) with a trailing column of ones if it has a trainable bias, or
-    ``None`` if only the bias is trainable; and its back-propagated signal ``delta`` (n, c, d_out)."""
+    """Per linear layer with trainable parameters: its input ``h`` (n, d_in), with a trailing column of ones for a
+    trainable bias (just that column if only the bias is trainable), and its back-propagated signal ``delta``
+    (n, c, d_out), or ``None`` for the output layer, whose signal is the identity (``∂f_a/∂z_b = δ_ab``)."""
 
-    h: torch.Tensor | None
-    delta: torch.Tensor
+    h: torch.Tensor
+    delta: torch.Tensor | None
+
+    def rows(self, index: slice) -> _LayerFeatures:
+        return _LayerFeatures(self.h[index], None if self.delta is None else self.delta[index])
 
 
 def _layer_features(modules: list[nn.Module], x: torch.Tensor, dtype: torch.dtype) -> list[_LayerFeatures]:
@@ -191,9 +195,8 @@ def _layer_features(modules: list[nn.Module], x: torch.Tensor, dtype: torch.dtyp
         for module in modules:
             if isinstance(module, nn.Linear):
                 inputs.append(h)
-                h = nn.functional.linear(
-                    h, module.weight.to(dtype), None if module.bias is None else module.bias.to(dtype)
-                )
+                bias = None if module.bias is None else module.bias.to(dtype)
+                h = nn.functional.linear(h, module.weight.to(dtype), bias)
                 derivatives.append(None)
             elif isinstance(module, nn.Dropout):
                 derivatives.append(None)
@@ -206,7 +209,7 @@ def _layer_features(modules: list[nn.Module], x: torch.Tensor, dtype: torch.dtyp
                 derivatives.append(derivative)
                 h = out.detach()
     n, c = h.shape
-    delta = torch.eye(c, dtype=dtype, device=h.device).expand(n, c, c)
+    delta: torch.Tensor | None = None  # identity at the output
     features: list[_LayerFeatures] = []
     linear_index = len(inputs)
     for module, derivative in zip(reversed(modules), reversed(derivatives), strict=True):
@@ -214,33 +217,43 @@ def _layer_features(modules: list[nn.Module], x: torch.Tensor, dtype: torch.dtyp
             linear_index -= 1
             weight_trainable = module.weight.requires_grad
             bias_trainable = module.bias is not None and module.bias.requires_grad
-            if weight_trainable or bias_trainable:
-                layer_input = inputs[linear_index] if weight_trainable else None
-                if bias_trainable:
-                    ones = torch.ones(n, 1, dtype=dtype, device=h.device)
-                    layer_input = ones if layer_input is None else torch.cat([layer_input, ones], dim=1)
-                features.append(_LayerFeatures(layer_input, delta))
+            parts = [inputs[linear_index]] if weight_trainable else []
+            if bias_trainable:
+                parts.append(torch.ones(n, 1, dtype=dtype, device=h.device))
+            if parts:
+                features.append(_LayerFeatures(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], delta))
             if linear_index > 0:
-                delta = delta @ module.weight.to(dtype)
+                weight = module.weight.to(dtype)
+                delta = weight.expand(n, c, weight.shape[1]) if delta is None else delta @ weight
         elif derivative is not None:
             delta = delta * derivative[:, None, :]
     return features
 
 
-def _layerwise_block(rows: list[_LayerFeatures], cols: list[_LayerFeatures], multi_output: MultiOutput) -> torch.Tensor:
-    """NTK block between two sets of examples from their layer features."""
+def _layerwise_block(
+    rows: list[_LayerFeatures], cols: list[_LayerFeatures], n_outputs: int, multi_output: MultiOutput
+) -> torch.Tensor:
+    """NTK block between two sets of examples from their layer features: Σ_l (h·h') ⊙ (δ·δ')."""
+    full = n_outputs > 1 and multi_output == "full"
     block = None
     for row, col in zip(rows, cols, strict=True):
-        n1, c, _ = row.delta.shape
-        n2 = col.delta.shape[0]
-        if c == 1 or multi_output == "trace":
-            signal = row.delta.reshape(n1, -1) @ col.delta.reshape(n2, -1).T  # Σ_a δ_a · δ'_a
+        inner = row.h @ col.h.T  # the column of ones adds the bias term (+1)
+        if row.delta is None:  # output layer: δ·δ' = δ_ab
+            if full:
+                term = torch.zeros(*inner.shape, n_outputs, n_outputs, dtype=inner.dtype, device=inner.device)
+                term.diagonal(dim1=2, dim2=3).copy_(inner[:, :, None].expand(-1, -1, n_outputs))
+            else:
+                term = inner if n_outputs == 1 else inner.mul_(n_outputs)  # trace: Σ_a δ_aa = c
+            block = term if block is None else block.add_(term)
+        elif full:
+            signal = torch.einsum("iad,jbd->ijab", row.delta, col.delta).mul_(inner[:, :, None, None])
+            block = signal if block is None else block.add_(signal)
         else:
-            signal = torch.einsum("iad,jbd->ijab", row.delta, col.delta)
-        if row.h is not None:
-            inner = row.h @ col.h.T  # the column of ones adds the bias term (+1)
-            signal = signal * (inner if signal.ndim == 2 else inner[:, :, None, None])
-        block = signal if block is None else block.add_(signal)
+            signal = row.delta.flatten(1) @ col.delta.flatten(1).T  # Σ_a δ_a · δ'_a
+            if block is None:
+                block = signal.mul_(inner)
+            else:
+                block.addcmul_(signal, inner)  # fused: one pass over the block instead of two
     return block
 
 
@@ -253,26 +266,22 @@ def _layerwise_ntk(
     multi_output: MultiOutput,
 ) -> torch.Tensor:
     modules = linear_stack(model)
+    n_outputs = modules[-1].out_features
     symmetric = x2 is None
     x2 = x if x2 is None else x2
     cols = _layer_features(modules, x2, dtype)
-    c = cols[0].delta.shape[1]
     n, n2 = x.shape[0], x2.shape[0]
-    shape = (n, n2) if c == 1 or multi_output == "trace" else (n, n2, c, c)
+    shape = (n, n2) if n_outputs == 1 or multi_output == "trace" else (n, n2, n_outputs, n_outputs)
     kernel = torch.empty(shape, dtype=dtype, device=x.device)
     chunk = _default_chunk(n, n2, chunk_size)
     if symmetric and chunk_size is None and n > 1024:
         chunk = min(chunk, max(512, math.ceil(n / 4)))  # several row blocks, so the lower triangle can be skipped
     for rows in _chunks(n, chunk):
-        row_features = (
-            [_LayerFeatures(None if f.h is None else f.h[rows], f.delta[rows]) for f in cols]
-            if symmetric
-            else _layer_features(modules, x[rows], dtype)
-        )
         if symmetric:  # compute the block row from the diagonal on, and mirror it below the diagonal
             upper = slice(rows.start, n2)
-            col_features = [_LayerFeatures(None if f.h is None else f.h[upper], f.delta[upper]) for f in cols]
-            block = _layerwise_block(row_features, col_features, multi_output)
+            block = _layerwise_block(
+                [f.rows(rows) for f in cols], [f.rows(upper) for f in cols], n_outputs, multi_output
+            )
             width = rows.stop - rows.start  # make the diagonal block exactly symmetric (rounding differs per side)
             diagonal = block[:, :width]
             mirrored = diagonal.transpose(0, 1) if block.ndim == 2 else diagonal.permute(1, 0, 3, 2)
@@ -280,7 +289,7 @@ def _layerwise_ntk(
             kernel[rows, upper] = block
             kernel[upper, rows] = block.transpose(0, 1) if block.ndim == 2 else block.permute(1, 0, 3, 2)
         else:
-            kernel[rows] = _layerwise_block(row_features, cols, multi_output)
+            kernel[rows] = _layerwise_block(_layer_features(modules, x[rows], dtype), cols, n_outputs, multi_output)
     return kernel
 
 
@@ -405,8 +414,9 @@ def kernel_diagonal(
             chunk = _default_chunk(x.shape[0], 1024, chunk_size)
             for rows in _chunks(x.shape[0], chunk):
                 for layer in _layer_features(modules, x[rows], dtype):
-                    signal = layer.delta.square().sum(dim=(1, 2))
-                    diagonal[rows] += signal if layer.h is None else signal * layer.h.square().sum(dim=1)
+                    outputs = modules[-1].out_features
+                    signal = layer.delta.square().sum(dim=(1, 2)) if layer.delta is not None else outputs
+                    diagonal[rows] += signal * layer.h.square().sum(dim=1)
             return diagonal
         f, params = _model_function(model, dtype)
         n_params = sum(p.numel() for p in params.values())
