@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from enum import Enum
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,16 @@ ntk_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(ntk_app, name="ntk")
+
+
+data_app = typer.Typer(
+    help=(
+        "Data files: fetch and verify them. The data root is --data-root, else $GRADSTARVE_DATA, else "
+        "$XDG_CACHE_HOME/gradstarve (~/.cache/gradstarve); nothing is ever downloaded implicitly."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
 
 
 def _version_callback(value: bool) -> None:
@@ -255,6 +266,74 @@ def ntk_spectrum(
         )
     console.print(table)
     _print_files(result.files, time.perf_counter() - start)
+
+
+class DataSet(str, Enum):
+    mnist = "mnist"
+
+
+_DATA_ROOT_HELP = "Data root (default: $GRADSTARVE_DATA, else $XDG_CACHE_HOME/gradstarve or ~/.cache/gradstarve)."
+
+
+@data_app.command("download")
+def data_download(
+    dataset: DataSet = typer.Argument(..., help="The data set to fetch."),
+    data_root: Path = typer.Option(None, "--data-root", help=_DATA_ROOT_HELP),
+    mirror: list[str] = typer.Option(
+        None, "--mirror", help="Folder URL to fetch from, instead of the default mirrors; repeat to try several."
+    ),
+    force: bool = typer.Option(False, "--force", help="Download again even when a verified copy is present."),
+    timeout: float = typer.Option(60.0, min=0.1, help="Seconds to wait for a mirror before trying the next."),
+) -> None:
+    """Fetch a data set's original files into <data root>/<dataset>/, verifying each file's MD5.
+
+    MNIST: the four IDX .gz files from https://ossci-datasets.s3.amazonaws.com/mnist/, else
+    http://yann.lecun.com/exdb/mnist/. A file is moved into place only once its checksum matches.
+    """
+    from gradstarve.data import mnist
+    from gradstarve.data.errors import DataError
+    from gradstarve.data.paths import dataset_dir
+
+    console.print(f"data folder: {dataset_dir(dataset.value, data_root)}")
+    try:
+        fetched = mnist.download_mnist(data_root, mirror or mnist.MNIST_MIRRORS, force=force, timeout=timeout)
+    except DataError as error:
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    for item in fetched:
+        state = "downloaded and verified" if item.downloaded else "already present, verified"
+        console.print(f"[green]ok[/green] {item.path.name}: {state}")
+
+
+@data_app.command("verify")
+def data_verify(
+    dataset: DataSet = typer.Argument(..., help="The data set to check."),
+    data_root: Path = typer.Option(None, "--data-root", help=_DATA_ROOT_HELP),
+) -> None:
+    """Check that every file of a data set is present and intact (checksums, headers); exit 1 if not."""
+    from gradstarve.data import mnist
+    from gradstarve.data.paths import dataset_dir, download_command
+
+    checks = mnist.check_mnist(data_root)
+    folder = dataset_dir(dataset.value, data_root)
+    table = Table(title=f"{dataset.value} in {folder}")
+    for column in ("file", "status", "as", "expected MD5 of the .gz"):
+        table.add_column(column, no_wrap=True)
+    colours = {"ok": "green", "missing": "yellow", "corrupt": "red"}
+    formats = {".gz": "gz", ".npz": "npz"}
+    for check in checks:
+        form = formats.get(check.path.suffix, "raw") if check.path else ""
+        table.add_row(check.entry.name, f"[{colours[check.status]}]{check.status}[/]", form, check.entry.gz_md5)
+    console.print(table)
+    for check in checks:
+        if check.status == "corrupt":
+            console.print(f"[red]corrupt:[/red] {check.message}", soft_wrap=True)
+    if any(check.status == "missing" for check in checks):
+        console.print(f"[yellow]missing:[/yellow] each file is read as <file>.gz, else <file>, else {mnist.NPZ_NAME}")
+    if any(check.status != "ok" for check in checks):
+        console.print(f"fix: {download_command(dataset.value, data_root)}", soft_wrap=True)
+        raise typer.Exit(1)
+    console.print("[green]all files verified[/green]")
 
 
 def main() -> None:
