@@ -36,7 +36,9 @@ def make_moons(n: int, noise: float, rng: np.random.Generator) -> tuple[np.ndarr
     return x + rng.normal(scale=noise, size=x.shape), y
 
 
-def two_moons(n: int = 300, noise: float = 0.1, delta: float = 0.1, seed: int = 0) -> LabelledData:
+def two_moons(
+    n: int = 300, noise: float = 0.1, delta: float = 0.1, seed: int = 0, rotation: float = 0.0
+) -> LabelledData:
     """The paper's two-moons training set.
 
     Args:
@@ -45,6 +47,8 @@ def two_moons(n: int = 300, noise: float = 0.1, delta: float = 0.1, seed: int = 
         delta: Δ, half the gap between the classes along the horizontal axis; > 0 linearly separable
             (the paper: +0.1), < 0 overlapping (the paper: -0.1).
         seed: seeds a ``numpy.random.Generator`` for the shuffle and the noise.
+        rotation: rotate the whole data set by this many degrees (Fig. 3's "45 deg rotation": the gap is then no
+            longer aligned with an axis).
 
     Returns:
         :class:`LabelledData` with ``x`` ``(n, 2)`` float32, ``y`` int64 in {0, 1} (``data.signed_labels()`` gives the
@@ -56,6 +60,8 @@ def two_moons(n: int = 300, noise: float = 0.1, delta: float = 0.1, seed: int = 
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     if not np.isfinite(delta):
         raise ValueError(f"delta must be finite, got {delta!r}")
+    if not np.isfinite(rotation):
+        raise ValueError(f"rotation must be finite (degrees), got {rotation!r}")
     rng = np.random.default_rng(seed)
     x, y = make_moons(int(n), float(noise), rng)
     signs = 2.0 * y - 1.0
@@ -64,11 +70,14 @@ def two_moons(n: int = 300, noise: float = 0.1, delta: float = 0.1, seed: int = 
     x[:, 1] *= np.sign(-x[:, 1] * signs)  # fold: class +1 below the axis, class -1 above
     x[:, 1] -= signs * delta
     x = x[:, ::-1].copy()  # the gap runs along the horizontal axis, as in Fig. 2
+    if rotation:
+        angle = np.radians(rotation)
+        x = x @ np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     return LabelledData(
         x=torch.from_numpy(x).float(),
         y=torch.from_numpy(y),
         group=torch.zeros(n, dtype=torch.int64),
         group_names=("all",),
         name=f"two-moons(delta={delta:g})",
-        metadata={"n": int(n), "noise": float(noise), "delta": float(delta), "seed": seed},
+        metadata={"n": int(n), "noise": float(noise), "delta": float(delta), "seed": seed, "rotation": rotation},
     )
