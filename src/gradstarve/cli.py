@@ -32,6 +32,10 @@ theory_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(theory_app, name="theory")
+data_app = typer.Typer(
+    help="Data sets: prepare (decode and cache) local copies. Nothing is downloaded.", no_args_is_help=True
+)
+app.add_typer(data_app, name="data")
 
 
 def _version_callback(value: bool) -> None:
@@ -217,6 +221,68 @@ def theory_fixed_point(
         table.add_row(name, np.array2string(point.alpha, precision=6), np.array2string(point.z, precision=6), residual)
     console.print(table)
     console.print(f"Thm. 1, every Jacobian eigenvalue negative (attractive): {attractive}")
+
+
+_PREPARABLE = ("celeba",)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: str = typer.Argument(..., help=f"Data set to prepare: {', '.join(_PREPARABLE)}."),
+    data_root: Path = typer.Option(
+        ..., "--data-root", help="The data set's root folder (CelebA: see gradstarve.data.celeba)."
+    ),
+    resolution: int = typer.Option(64, min=8, help="Side of the square images (CPU preset 64, paper 224)."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="Cache folder [default: $XDG_CACHE_HOME/gradstarve]."),
+    layout: str = typer.Option("auto", help="auto, metadata (metadata.csv) or official (list_attr/list_eval files)."),
+    target: str = typer.Option("Blond_Hair", help="Target attribute."),
+    attribute: str = typer.Option("Male", help="Spurious attribute."),
+    workers: int = typer.Option(None, min=0, help="Decoding threads [default: all cores]."),
+) -> None:
+    """Decode a data set's images once into the cache and print the group counts per split.
+
+    Later loads (training runs, reproductions) then read the cached pixels in seconds.
+    """
+    if dataset not in _PREPARABLE:
+        raise typer.BadParameter(f"expected one of {', '.join(_PREPARABLE)}, got {dataset!r}", param_hint="DATASET")
+    import torch
+
+    from gradstarve.data.celeba import load_celeba
+
+    start = time.perf_counter()
+    try:
+        splits = load_celeba(
+            data_root,
+            resolution=resolution,
+            target=target,
+            attribute=attribute,
+            cache_dir=cache_dir,
+            layout=layout,
+            workers=workers,
+            dtype=torch.uint8,  # counts and cache only: skip the float copy
+        )
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    first = next(iter(splits.values()))
+    table = Table(
+        title=f"CelebA groups ({target} x {attribute}) at {resolution}x{resolution}, {first.metadata['layout']} layout"
+    )
+    table.add_column("split")
+    for name in first.group_names:
+        table.add_column(name, justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("cache")
+    for split, data in splits.items():
+        counts = data.metadata["group_counts"]
+        status = "reused" if data.metadata["from_cache"] else "built"
+        table.add_row(split, *(f"{counts[name]:,}" for name in data.group_names), f"{len(data):,}", status)
+    console.print(table)
+    skipped = first.metadata["n_skipped_missing_images"]
+    if skipped:
+        console.print(f"{skipped:,} of {first.metadata['n_listed_images']:,} listed images are not on disk: skipped")
+    console.print(f"cache files: {', '.join(data.metadata['cache_file'] for data in splits.values())}")
+    console.print(f"done in {time.perf_counter() - start:.1f} s")
 
 
 def main() -> None:
