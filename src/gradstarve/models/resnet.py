@@ -129,6 +129,23 @@ class ResNet(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        # The layers' own constructors draw a default initialisation from the global RNG; it is overwritten by
+        # ``_initialise``. With a generator, fork the global RNG so that building a model leaves it untouched.
+        with torch.random.fork_rng(devices=[], enabled=generator is not None):
+            self._build(block, layers, out_features, width, stem, normalize_input, input_mean, input_std)
+        _initialise(self, zero_init_residual, generator)
+
+    def _build(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, int, int, int] | list[int],
+        out_features: int,
+        width: float,
+        stem: str,
+        normalize_input: bool,
+        input_mean: tuple[float, float, float],
+        input_std: tuple[float, float, float],
+    ) -> None:
         if len(layers) != 4 or any(int(count) < 1 for count in layers):
             raise ValueError(f"layers must be four positive block counts, got {layers}")
         if not width > 0:
@@ -163,7 +180,6 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(in_planes, out_features)
         self.feature_dim = in_planes
-        _initialise(self, zero_init_residual, generator)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(n, 3, H, W) -> (n, feature_dim)``: the pooled representation before the head."""
@@ -183,7 +199,8 @@ class ResNet(nn.Module):
         """Swap ``fc`` for a freshly initialised ``feature_dim -> out_features`` linear layer."""
         if out_features < 1:
             raise ValueError(f"out_features must be >= 1, got {out_features}")
-        self.fc = nn.Linear(self.feature_dim, out_features).to(self.fc.weight.device, self.fc.weight.dtype)
+        with torch.random.fork_rng(devices=[], enabled=generator is not None):
+            self.fc = nn.Linear(self.feature_dim, out_features).to(self.fc.weight.device, self.fc.weight.dtype)
         _initialise_linear(self.fc, generator)
         self.out_features = out_features
 
