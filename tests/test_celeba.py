@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -373,10 +374,16 @@ def test_empty_split_and_default_cache_dir(tmp_path, monkeypatch):
     lines = (root / "list_eval_partition.txt").read_bytes().decode().replace(" 2 ", " 1 ")
     (root / "list_eval_partition.txt").write_bytes(lines.encode())
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert image_cache.default_cache_dir() == tmp_path / "xdg" / "gradstarve"
+    assert image_cache.default_cache_dir() == tmp_path / "xdg" / "gradstarve" / "image-cache"
     data = load_celeba(root, resolution=8, crop=20, workers=0, progress=False)
     assert len(data["test"]) == 0 and data["test"].x.shape == (0, 3, 8, 8)
-    assert Path(data["train"].metadata["cache_file"]).parent == tmp_path / "xdg" / "gradstarve"
+    assert Path(data["train"].metadata["cache_file"]).parent == tmp_path / "xdg" / "gradstarve" / "image-cache"
+
+
+def test_a_data_root_holding_a_celeba_folder_works_too(tmp_path):
+    make_official_root(tmp_path / "data" / "celeba")
+    index = index_celeba(tmp_path / "data")
+    assert index.root == (tmp_path / "data" / "celeba").resolve() and len(index.image_ids) == len(FAKE)
 
 
 def test_augment_flips_and_crops_reproducibly():
@@ -398,3 +405,27 @@ def test_augment_flips_and_crops_reproducibly():
         augment(x, torch.Generator(), crop_scale=(0.0, 1.0))
     with pytest.raises(ValueError, match=r"floating \(n, C, H, W\)"):
         augment(x[0], torch.Generator())
+
+
+def test_cli_prepare_builds_the_cache_and_prints_group_counts(tmp_path):
+    from typer.testing import CliRunner
+
+    from gradstarve.cli import app
+
+    root = make_official_root(tmp_path / "data" / "celeba")
+    command = ["data", "prepare", "celeba", "--data-root", str(root.parent), "--resolution", "8"]
+    command += ["--cache-dir", str(tmp_path / "cache"), "--workers", "0"]
+    # crop 178 does not fit the 20 x 24 fake images: the error is reported, not a traceback.
+    failed = CliRunner().invoke(app, command)
+    assert failed.exit_code == 1 and "larger than image" in failed.output
+    for i in range(len(FAKE)):  # images of the real size, so that the default 178 crop applies
+        Image.new("RGB", (178, 218), _colour(i)).save(root / "img_align_celeba" / _image_id(i))
+    first = CliRunner().invoke(app, command)
+    assert first.exit_code == 0, first.output
+    train_counts = np.bincount(_expected(0)[2], minlength=4)
+    assert "blond, male" in first.output and "built" in first.output
+    row = r"\s*│\s*".join(["train", *map(str, train_counts), str(train_counts.sum())])
+    assert re.search(row, first.output), first.output
+    assert "1 of 12 listed images are not on disk" in first.output
+    second = CliRunner().invoke(app, command)
+    assert second.exit_code == 0 and "reused" in second.output and "built" not in second.output

@@ -230,10 +230,12 @@ _PREPARABLE = ("celeba",)
 def data_prepare(
     dataset: str = typer.Argument(..., help=f"Data set to prepare: {', '.join(_PREPARABLE)}."),
     data_root: Path = typer.Option(
-        ..., "--data-root", help="The data set's root folder (CelebA: see gradstarve.data.celeba)."
+        ..., "--data-root", help="The CelebA folder, or a data root holding it as celeba/ (e.g. ../shared/data)."
     ),
     resolution: int = typer.Option(64, min=8, help="Side of the square images (CPU preset 64, paper 224)."),
-    cache_dir: Path = typer.Option(None, "--cache-dir", help="Cache folder [default: $XDG_CACHE_HOME/gradstarve]."),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="Cache folder [default: $XDG_CACHE_HOME/gradstarve/image-cache]."
+    ),
     layout: str = typer.Option("auto", help="auto, metadata (metadata.csv) or official (list_attr/list_eval files)."),
     target: str = typer.Option("Blond_Hair", help="Target attribute."),
     attribute: str = typer.Option("Male", help="Spurious attribute."),

@@ -6,7 +6,8 @@ attribute ``a = Male`` (0 female, 1 male) is correlated with it; the four groups
 full training set). Any other (target, attribute) pair of the 40 CelebA attributes can be chosen; the group names
 are then ``"not T, not A"`` ... ``"T, A"``.
 
-**Root layouts** (``layout="auto"`` takes the first that is present):
+**Root layouts** (``layout="auto"`` takes the first that is present). ``root`` is the CelebA folder itself or a
+data root holding it as ``root/celeba`` (the project's one-folder-per-data-set convention, e.g. ``../shared/data``):
 
 1. ``metadata`` -- ``ROOT/metadata.csv`` (one row per image of a subset; columns ``image_id``, ``split`` (0 train, 1
    val, 2 test, or the words), attribute columns as +1/-1; an ``identity`` column is ignored) with the JPEGs in
@@ -23,10 +24,10 @@ antialiased; Sagawa et al.'s preprocessing), see :mod:`gradstarve.data.image_cac
 in ``[0, 1]`` (``float32`` by default), **not** mean/std-normalised: the ResNets of :mod:`gradstarve.models.resnet`
 apply the ImageNet normalisation themselves, so augmentation here works on plain pixels. The decoded ``uint8``
 pixels are cached once per (root, label files, images, split, resolution, crop) under
-``$XDG_CACHE_HOME/gradstarve`` (default ``~/.cache/gradstarve``) or ``cache_dir``; a later load takes a second or
-two (mostly parsing the label file). Memory: ``n * 3 * res**2 * 4`` bytes as ``float32`` (the 25k-image subset at
-64 x 64: 1.2 GB; at 224 x 224: 15 GB, so pass ``dtype=torch.uint8`` there and convert per batch with
-:func:`to_unit_float`).
+``$XDG_CACHE_HOME/gradstarve/image-cache`` (default ``~/.cache/gradstarve/image-cache``) or ``cache_dir``; a later
+load takes a second or two (parsing the label files, hashing them, mapping the cache). Memory:
+``n * 3 * res**2 * 4`` bytes as ``float32`` (the 25k-image subset at 64 x 64: 1.2 GB; at 224 x 224: 15 GB, so pass
+``dtype=torch.uint8`` there and convert per batch with :func:`to_unit_float`).
 """
 
 from __future__ import annotations
@@ -293,13 +294,15 @@ def index_celeba(root: Path | str, layout: str = "auto", missing_images: str | N
     """Read a CelebA root's label files and find which listed images are present (see the module docstring).
 
     Args:
-        root: the data root.
+        root: the CelebA folder, or a data root holding it as ``root / "celeba"`` (e.g. ``../shared/data``).
         layout: ``"auto"`` (``metadata.csv`` if present, else the official files), ``"metadata"`` or ``"official"``.
         missing_images: what to do with listed images that are not on disk: ``"error"`` or ``"skip"``; default
             ``"error"`` for the metadata layout (it lists a subset, so a gap is a mistake) and ``"skip"`` for the
             official one (which lists all 202,599 images, also when only some are present).
     """
     root = Path(root).expanduser()
+    if not _holds_celeba(root) and _holds_celeba(root / "celeba"):
+        root = root / "celeba"  # a data root holding one folder per data set (gradstarve's convention)
     if not root.is_dir():
         raise CelebAFileNotFoundError(f"CelebA root {root} is not a folder. {HOW_TO_GET_CELEBA}")
     root = root.resolve()
@@ -391,7 +394,7 @@ def load_celeba(
         crop: centre-crop side before resizing (178: the full width of the aligned images); ``None``: no crop.
         dtype: a floating dtype gives ``x`` in ``[0, 1]``; ``torch.uint8`` keeps the raw 0..255 pixels (4x less
             memory; convert batches with :func:`to_unit_float`).
-        cache_dir: where the decoded pixels are cached (default ``$XDG_CACHE_HOME/gradstarve``).
+        cache_dir: where the decoded pixels are cached (default ``$XDG_CACHE_HOME/gradstarve/image-cache``).
         layout, missing_images: see :func:`index_celeba`.
         workers: decoding threads when a split is not cached yet (default: all cores).
         progress: show a progress bar while decoding.
@@ -559,6 +562,11 @@ def _read_text(path: Path) -> str:
                 f"{path} holds no {path.stem}.txt (members: {', '.join(archive.namelist()[:10])})"
             )
         return archive.read(members[0]).decode("utf-8")
+
+
+def _holds_celeba(folder: Path) -> bool:
+    names = (IMAGE_FOLDER, METADATA_FILE, ATTRIBUTE_FILE, ATTRIBUTE_ZIP, PARTITION_FILE)
+    return any((folder / name).exists() for name in names)
 
 
 def _official_attribute_path(root: Path) -> Path:

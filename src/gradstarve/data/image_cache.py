@@ -13,8 +13,10 @@ Preprocessing is the one of Sagawa et al. (2019) for CelebA (``torchvision`` ``C
 then a bilinear, antialiased resize to ``res x res``. Decoding runs in a thread pool: Pillow releases the GIL while
 decoding and resizing, so threads scale across cores without the start-up cost of worker processes.
 
-Default cache folder: ``$XDG_CACHE_HOME/gradstarve`` (``~/.cache/gradstarve`` when unset). It is not the data root,
-which is often read-only (a shared data folder); pass ``cache_dir`` to choose another.
+Default cache folder: ``$XDG_CACHE_HOME/gradstarve/image-cache`` (``~/.cache/gradstarve/image-cache`` when unset).
+It is not inside the data set's folder, which is often read-only (a shared data folder), and it is a subfolder so
+that it never mixes with the per-data-set folders of a default data root ``~/.cache/gradstarve/<name>``; pass
+``cache_dir`` to choose another. Files are about ``n * 3 * res**2`` bytes (CelebA subset at 64 x 64: 310 MB).
 """
 
 from __future__ import annotations
@@ -45,9 +47,9 @@ class ImageDecodeError(ValueError):
 
 
 def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/gradstarve``, or ``~/.cache/gradstarve`` when ``XDG_CACHE_HOME`` is unset or empty."""
+    """``$XDG_CACHE_HOME/gradstarve/image-cache`` (``~/.cache/...`` when ``XDG_CACHE_HOME`` is unset or empty)."""
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "gradstarve"
+    return Path(base).expanduser() / "gradstarve" / "image-cache"
 
 
 def preprocess_image(path: Path | str, resolution: int, crop: int | None) -> np.ndarray:
