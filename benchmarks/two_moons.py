@@ -62,12 +62,18 @@ def main() -> None:
     batched = min(batched_seconds(args.steps, seeds) for _ in range(2))
     sequential = min(sequential_seconds(args.steps, seeds) for _ in range(2))
     result = {
-        "steps": args.steps, "seeds": args.seeds, "threads": torch.get_num_threads(),
-        "batched_seconds": batched, "sequential_seconds": sequential, "speedup": sequential / batched,
+        "steps": args.steps,
+        "seeds": args.seeds,
+        "threads": torch.get_num_threads(),
+        "batched_seconds": batched,
+        "sequential_seconds": sequential,
+        "speedup": sequential / batched,
         "batched_ms_per_step": 1000 * batched / args.steps,
     }
-    print(f"{args.seeds} seeds x {args.steps} steps: batched {batched:.2f} s, sequential {sequential:.2f} s, "
-          f"speed-up {sequential / batched:.1f}x")
+    print(
+        f"{args.seeds} seeds x {args.steps} steps: batched {batched:.2f} s, sequential {sequential:.2f} s, "
+        f"speed-up {sequential / batched:.1f}x"
+    )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "two_moons.json").write_text(json.dumps(result, indent=2) + "\n")

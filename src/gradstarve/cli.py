@@ -47,7 +47,8 @@ app.add_typer(reproduce_app, name="reproduce")
 
 data_app = typer.Typer(
     help=(
-        "Data files: fetch and verify them. The data root is --data-root, else $GRADSTARVE_DATA, else "
+        "Data files: fetch, verify and prepare (decode and cache) them. The data root is --data-root, else "
+        "$GRADSTARVE_DATA, else "
         "$XDG_CACHE_HOME/gradstarve (~/.cache/gradstarve); nothing is ever downloaded implicitly."
     ),
     no_args_is_help=True,
@@ -365,8 +366,12 @@ def reproduce_two_moons(
     start = time.perf_counter()
     tasks: dict[str, int] = {}
     with Progress(
-        TextColumn("{task.description:<14}"), BarColumn(), TextColumn("{task.completed}/{task.total} steps"),
-        TimeRemainingColumn(), console=console, transient=True,
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} steps"),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
     ) as bar:
 
         def progress(name: str, done: int, total: int) -> None:
@@ -381,12 +386,21 @@ def reproduce_two_moons(
             raise typer.BadParameter(str(error)) from None
     features = report.config.features
     table = Table(title=f"two moons: mean ± std over {len(report.config.seeds)} seeds")
-    for column in ("fig", "setting", "margin (mean dist.)", "margin (min dist.)", "train acc.",
-                   f"|z{features[0]}|", f"|z{features[1]}|", "s"):
+    for column in (
+        "fig",
+        "setting",
+        "margin (mean dist.)",
+        "margin (min dist.)",
+        "train acc.",
+        f"|z{features[0]}|",
+        f"|z{features[1]}|",
+        "s",
+    ):
         table.add_column(column, justify="left" if column == "setting" else "right")
     for row in report.rows:
         table.add_row(
-            str(row["figure"]), row["label"],
+            str(row["figure"]),
+            row["label"],
             f"{row['margin_mean_mean']:.3f} ± {row['margin_mean_std']:.3f}",
             f"{row['margin_min_mean']:.3f} ± {row['margin_min_std']:.3f}",
             f"{row['train_accuracy_mean']:.3f}",
@@ -395,11 +409,73 @@ def reproduce_two_moons(
             f"{row['seconds']:.0f}",
         )
     console.print(table)
-    alignment = ", ".join(
-        f"{j}: {report.rows[0][f'label_alignment_{j}']:+.2f}" for j in range(1, max(features) + 1)
-    )
+    alignment = ", ".join(f"{j}: {report.rows[0][f'label_alignment_{j}']:+.2f}" for j in range(1, max(features) + 1))
     console.print(f"label alignment Σ_i U_ij/√n of the tracked features (first run): {alignment}")
     _print_files(report.files, time.perf_counter() - start)
+
+
+_PREPARABLE = ("celeba",)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    dataset: str = typer.Argument(..., help=f"Data set to prepare: {', '.join(_PREPARABLE)}."),
+    data_root: Path = typer.Option(
+        ..., "--data-root", help="The CelebA folder, or a data root holding it as celeba/ (e.g. ../shared/data)."
+    ),
+    resolution: int = typer.Option(64, min=8, help="Side of the square images (CPU preset 64, paper 224)."),
+    cache_dir: Path = typer.Option(
+        None, "--cache-dir", help="Cache folder [default: $XDG_CACHE_HOME/gradstarve/image-cache]."
+    ),
+    layout: str = typer.Option("auto", help="auto, metadata (metadata.csv) or official (list_attr/list_eval files)."),
+    target: str = typer.Option("Blond_Hair", help="Target attribute."),
+    attribute: str = typer.Option("Male", help="Spurious attribute."),
+    workers: int = typer.Option(None, min=0, help="Decoding threads [default: all cores]."),
+) -> None:
+    """Decode a data set's images once into the cache and print the group counts per split.
+
+    Later loads (training runs, reproductions) then read the cached pixels in seconds.
+    """
+    if dataset not in _PREPARABLE:
+        raise typer.BadParameter(f"expected one of {', '.join(_PREPARABLE)}, got {dataset!r}", param_hint="DATASET")
+    import torch
+
+    from gradstarve.data.celeba import load_celeba
+
+    start = time.perf_counter()
+    try:
+        splits = load_celeba(
+            data_root,
+            resolution=resolution,
+            target=target,
+            attribute=attribute,
+            cache_dir=cache_dir,
+            layout=layout,
+            workers=workers,
+            dtype=torch.uint8,  # counts and cache only: skip the float copy
+        )
+    except (ValueError, FileNotFoundError) as error:
+        console.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    first = next(iter(splits.values()))
+    table = Table(
+        title=f"CelebA groups ({target} x {attribute}) at {resolution}x{resolution}, {first.metadata['layout']} layout"
+    )
+    table.add_column("split")
+    for name in first.group_names:
+        table.add_column(name, justify="right")
+    table.add_column("total", justify="right")
+    table.add_column("cache")
+    for split, data in splits.items():
+        counts = data.metadata["group_counts"]
+        status = "reused" if data.metadata["from_cache"] else "built"
+        table.add_row(split, *(f"{counts[name]:,}" for name in data.group_names), f"{len(data):,}", status)
+    console.print(table)
+    skipped = first.metadata["n_skipped_missing_images"]
+    if skipped:
+        console.print(f"{skipped:,} of {first.metadata['n_listed_images']:,} listed images are not on disk: skipped")
+    console.print(f"cache files: {', '.join(data.metadata['cache_file'] for data in splits.values())}")
+    console.print(f"done in {time.perf_counter() - start:.1f} s")
 
 
 def main() -> None:

@@ -133,8 +133,14 @@ def moons_data(setting: MoonsSetting, seeds: Sequence[int]) -> tuple[torch.Tenso
 def initial_models(setting: MoonsSetting, seeds: Sequence[int]) -> list[MLP]:
     """The network of each seed at initialisation, drawn from a generator seeded with the seed."""
     return [
-        MLP(2, setting.hidden, 1, dropout=setting.dropout, batch_norm=setting.batch_norm,
-            generator=torch.Generator().manual_seed(seed))
+        MLP(
+            2,
+            setting.hidden,
+            1,
+            dropout=setting.dropout,
+            batch_norm=setting.batch_norm,
+            generator=torch.Generator().manual_seed(seed),
+        )
         for seed in seeds
     ]
 
@@ -180,9 +186,7 @@ def train_moons(
     start = time.perf_counter()
     x, signs = moons_data(setting, seeds)
     models = initial_models(setting, seeds)
-    trackers = [
-        FeatureTracker(model, x[i], signs[i], k=k, steps=[]) for i, model in enumerate(models)
-    ]
+    trackers = [FeatureTracker(model, x[i], signs[i], k=k, steps=[]) for i, model in enumerate(models)]
     batched = BatchedMLP.from_models(models)
     optimizer = _optimizer(setting, batched.parameters())
     dropout_generator = torch.Generator().manual_seed(dropout_seed)

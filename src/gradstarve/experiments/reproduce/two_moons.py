@@ -120,8 +120,12 @@ def plot_fig2(runs: Sequence[MoonsResult], features: tuple[int, int] = (2, 7)) -
     z_ax.grid(ls="--", lw=0.5, alpha=0.4)
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=c, label=f"feature {f}") for f, c in zip(features, ("#2D7F58", "#FA7F05"), strict=True)]
-    handles += [Line2D([], [], color="gray", ls=s, label=run.setting.label) for run, s in zip(runs, styles, strict=False)]
+    handles = [
+        Line2D([], [], color=c, label=f"feature {f}") for f, c in zip(features, ("#2D7F58", "#FA7F05"), strict=True)
+    ]
+    handles += [
+        Line2D([], [], color="gray", ls=s, label=run.setting.label) for run, s in zip(runs, styles, strict=False)
+    ]
     z_ax.legend(handles=handles, fontsize=7)
     z_ax.set_title("feature responses (U fixed at init)", fontsize=9)
     figure.suptitle(f"Fig. 2: two moons, decision boundaries averaged over {len(runs[0].seeds)} seeds", fontsize=11)
