@@ -1,0 +1,152 @@
+"""Tasks: a data set's splits, its group structure and the model the paper trains on it, by name.
+
+``load_task(dataset, options, seed)`` returns a :class:`Task` that :mod:`gradstarve.experiments.train` runs. Options
+(``RunConfig.data``) choose the variant; ``data_root`` locates files and is not part of a run's identity.
+
+=================  ==================================================================================================
+dataset            splits and groups
+=================  ==================================================================================================
+``synthetic``      two training environments of a tiny problem whose spurious feature flips at test time (tests)
+``two-moons``      the Δ > 0 training set; the evaluation set is a fresh draw (``delta`` option)
+``colored-mnist``  train (2 environments), ``val`` (held out of them, ``val_fraction``), test; Fig. 4 variants with
+                   ``fig4=True``; grayscale inputs (the oracle) with ``gray=True``
+``celeba``         train / val / test with the four (Blond_Hair, Male) groups; images at ``resolution``
+=================  ==================================================================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradstarve.data.base import LabelledData
+from gradstarve.models import MLP
+
+TASKS: tuple[str, ...] = ("synthetic", "two-moons", "colored-mnist", "celeba")
+
+#: Option keys that only say where data lives or how it is read; they never change a run's results.
+LOCATION_OPTIONS: frozenset[str] = frozenset({"data_root", "cache_dir", "workers"})
+
+
+@dataclass
+class Task:
+    """Everything a training run needs from a data set.
+
+    Attributes:
+        train: the training split (``group`` = environment / group ids used by the methods).
+        evaluation: every split to evaluate, by name (``"train"`` included).
+        build_model: ``(hparams, generator) -> nn.Module`` giving logits for ``train.x``.
+        augment: optional ``(x, generator) -> x`` applied to each training batch.
+    """
+
+    name: str
+    train: LabelledData
+    evaluation: dict[str, LabelledData]
+    build_model: Callable[[Mapping[str, Any], torch.Generator], nn.Module]
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def n_groups(self) -> int:
+        return self.train.n_groups
+
+
+def _mlp_builder(in_features: int) -> Callable[[Mapping[str, Any], torch.Generator], nn.Module]:
+    def build(hparams: Mapping[str, Any], generator: torch.Generator) -> nn.Module:
+        return MLP(
+            in_features,
+            tuple(hparams.get("hidden", (300, 300))),
+            1,
+            activation=hparams.get("activation", "relu"),
+            init=hparams.get("init", "default"),
+            generator=generator,
+        )
+
+    return build
+
+
+def synthetic(seed: int, n: int = 200, dims: int = 5) -> dict[str, LabelledData]:
+    """A tiny two-environment problem: feature 0 agrees with the label 75% of the time everywhere, feature 1 (the
+    shortcut) 90% / 80% in the training environments and 10% at test; the other features are noise."""
+    generator = torch.Generator().manual_seed(seed)
+
+    def environment(count: int, shortcut: float, group_id: int) -> tuple[torch.Tensor, ...]:
+        y = (torch.rand(count, generator=generator) < 0.5).long()
+        signs = 2.0 * y - 1.0
+        core = torch.where(torch.rand(count, generator=generator) < 0.75, signs, -signs)
+        spurious = torch.where(torch.rand(count, generator=generator) < shortcut, signs, -signs)
+        x = torch.randn(count, dims, generator=generator) * 0.5
+        x[:, 0] += core
+        x[:, 1] += spurious
+        return x, y, torch.full((count,), group_id, dtype=torch.int64)
+
+    parts = [environment(n, 0.9, 0), environment(n, 0.8, 1)]
+    train = LabelledData(*(torch.cat(p) for p in zip(*parts, strict=True)), ("env0", "env1"), "synthetic/train")
+    val_parts = [environment(n // 4, 0.9, 0), environment(n // 4, 0.8, 1)]
+    val = LabelledData(*(torch.cat(p) for p in zip(*val_parts, strict=True)), ("env0", "env1"), "synthetic/val")
+    test = LabelledData(*environment(n, 0.1, 0), ("test",), "synthetic/test")
+    return {"train": train, "val": val, "test": test}
+
+
+def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int = 0) -> Task:
+    """The :class:`Task` ``dataset`` with ``options`` (see the module docstring); ``seed`` draws the data where it is
+    random (synthetic, two-moons, Colored MNIST's shuffles, label noise and colours)."""
+    options = dict(options or {})
+    data_seed = int(options.pop("data_seed", seed))
+    if dataset == "synthetic":
+        splits = synthetic(data_seed, **{k: options[k] for k in ("n", "dims") if k in options})
+        return Task(dataset, splits["train"], splits, _mlp_builder(splits["train"].x.shape[1]))
+    if dataset == "two-moons":
+        from gradstarve.data.two_moons import two_moons
+
+        delta = float(options.get("delta", 0.1))
+        train = two_moons(n=int(options.get("n", 300)), delta=delta, seed=data_seed)
+        evaluation = {"train": train, "test": two_moons(n=1000, delta=delta, seed=data_seed + 10_000)}
+        return Task(dataset, train, evaluation, _mlp_builder(2))
+    if dataset == "colored-mnist":
+        from gradstarve.data.colored_mnist import colored_mnist, fig4_variants
+
+        common = {
+            "data_root": options.get("data_root"),
+            "seed": data_seed,
+            "gray": bool(options.get("gray", False)),
+        }
+        splits = colored_mnist(**common, val_fraction=float(options.get("val_fraction", 0.0)))
+        evaluation = dict(splits)
+        if options.get("fig4", False):
+            variants = fig4_variants(data_root=common["data_root"], seed=data_seed)
+            evaluation.update({f"fig4/{name}": split for name, split in variants.items()})
+        in_features = math.prod(splits["train"].x.shape[1:])
+        return Task(dataset, splits["train"], evaluation, _mlp_builder(in_features), metadata=splits["train"].metadata)
+    if dataset == "celeba":
+        from gradstarve.data.celeba import augment, load_celeba
+        from gradstarve.data.paths import resolve_data_root
+        from gradstarve.models.resnet import PRESETS, build_resnet
+
+        preset = options.get("preset", "cpu")
+        if preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
+        resolution = int(options.get("resolution", PRESETS[preset].resolution))
+        splits = load_celeba(
+            Path(resolve_data_root(options.get("data_root"))),
+            resolution=resolution,
+            target=options.get("target", "Blond_Hair"),
+            attribute=options.get("attribute", "Male"),
+            cache_dir=options.get("cache_dir"),
+            progress=bool(options.get("progress", False)),
+        )
+
+        def build(hparams: Mapping[str, Any], generator: torch.Generator) -> nn.Module:
+            return build_resnet(preset, out_features=1, generator=generator)
+
+        def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+            return augment(x, generator)
+
+        return Task(dataset, splits["train"], dict(splits), build, augment=flip if options.get("augment", True) else None)
+    raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(TASKS)}")

@@ -1,0 +1,412 @@
+"""One training run: (dataset, algorithm, hyperparameters, seed) -> a run folder. The project's training loop.
+
+A run folder holds:
+
+* ``config.json``: the :class:`RunConfig` (what defines the run; its hash names the folder);
+* ``metrics.jsonl``: one JSON line per evaluation step, append-only: ``step``, ``seconds``, the mean of the
+  algorithm's logged values since the previous evaluation (``train/loss``, ``train/nll``, ``train/penalty``, ...),
+  and per evaluated split ``<split>/accuracy``, ``/nll``, ``/entropy``, ``/worst_group_accuracy``,
+  ``/group_accuracy`` and ``/group_count`` (lists over the split's groups);
+* ``checkpoint.pt``: the algorithm (model, optimisers, step counter, method state) and the sampler's state, written
+  atomically after every evaluation;
+* ``done``: written last, with the run's summary; a folder with ``done`` is finished and is never run again.
+
+Resuming: if ``checkpoint.pt`` exists the run continues from it, after dropping any ``metrics.jsonl`` line newer
+than the checkpoint (written by a run killed between its metrics line and its checkpoint), so every evaluation step
+appears exactly once whatever happens. Given the same config, a resumed run gives the same numbers as an
+uninterrupted one (same checkpointed random states).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gradstarve import metrics
+from gradstarve.algorithms import build_algorithm
+from gradstarve.algorithms.base import Algorithm
+from gradstarve.data.base import LabelledData
+from gradstarve.experiments.tasks import LOCATION_OPTIONS, Task, load_task
+from gradstarve.hparams import default_hparams
+
+#: Bumped when a change to the training loop changes results, so old run folders are not mistaken for new ones.
+TRAINER_VERSION = 1
+PRECISIONS = ("float32", "bfloat16")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What defines a run. Its :meth:`run_id` (a hash of these fields, minus data locations) names the run folder.
+
+    Attributes:
+        dataset, algorithm: names from :data:`gradstarve.experiments.tasks.TASKS` and ``ALGORITHMS``.
+        hparams: complete hyperparameters (see :func:`make_config`, which starts from the defaults table).
+        seed: seeds the model's initialisation, the batch order, augmentation and the data where it is random.
+        data: task options (e.g. ``{"val_fraction": 0.1}``); location options like ``data_root`` are not hashed.
+        eval_every: evaluate (and checkpoint) every this many steps, and at the last step.
+        eval_splits: which of the task's splits to evaluate (``None``: all).
+        precision: ``"float32"`` or ``"bfloat16"`` (autocast for the forward pass).
+    """
+
+    dataset: str
+    algorithm: str
+    hparams: Mapping[str, Any]
+    seed: int = 0
+    data: Mapping[str, Any] = field(default_factory=dict)
+    eval_every: int = 100
+    eval_splits: tuple[str, ...] | None = None
+    precision: str = "float32"
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that define the run (data locations removed), JSON-ready."""
+        values = asdict(self)
+        values["hparams"] = dict(self.hparams)
+        values["data"] = {k: v for k, v in self.data.items() if k not in LOCATION_OPTIONS}
+        values["eval_splits"] = list(self.eval_splits) if self.eval_splits is not None else None
+        values["trainer_version"] = TRAINER_VERSION
+        return values
+
+    def run_id(self) -> str:
+        """A stable hash of :meth:`identity`: 16 hex digits of SHA-256 over canonical JSON (sorted keys)."""
+        canonical = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"), default=_json_default)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    def folder_name(self) -> str:
+        return f"{self.dataset}-{self.algorithm}-s{self.seed}-{self.run_id()}"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.integer | np.floating):
+        return value.item()
+    if isinstance(value, tuple | set):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot serialise {type(value).__name__} in a run config")
+
+
+def make_config(
+    dataset: str,
+    algorithm: str,
+    seed: int = 0,
+    overrides: Mapping[str, Any] | None = None,
+    **fields: Any,
+) -> RunConfig:
+    """A :class:`RunConfig` whose hyperparameters are the table's defaults for ``(algorithm, dataset)`` with
+    ``overrides`` applied. Unknown override names are refused (a typo must not silently do nothing)."""
+    hparams = default_hparams(algorithm, dataset)
+    unknown = set(overrides or {}) - set(hparams)
+    if unknown:
+        raise ValueError(f"unknown hyperparameters for {algorithm} on {dataset}: {sorted(unknown)}; known: {sorted(hparams)}")
+    hparams.update(overrides or {})
+    return RunConfig(dataset, algorithm, hparams, seed, **fields)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict(algorithm: Algorithm, x: torch.Tensor, batch_size: int = 4096, device: torch.device | None = None) -> torch.Tensor:
+    """Logits of the algorithm's model on ``x`` in eval mode, in batches (float32 on the CPU)."""
+    was_training = algorithm.training
+    algorithm.eval()
+    try:
+        outputs = []
+        for start in range(0, x.shape[0], batch_size):
+            batch = x[start : start + batch_size]
+            outputs.append(algorithm.predict(batch.to(device) if device is not None else batch).float().cpu())
+        return torch.cat(outputs)
+    finally:
+        algorithm.train(was_training)
+
+
+def evaluate_split(logits: torch.Tensor, split: LabelledData) -> dict[str, Any]:
+    """Accuracy, mean cross-entropy, mean predictive entropy (binary) and per-group accuracies of ``logits``."""
+    y = split.y
+    if logits.ndim == 2 and logits.shape[1] == 1:
+        logits = logits[:, 0]
+    if logits.ndim == 1:
+        nll = torch.nn.functional.binary_cross_entropy_with_logits(logits, y.float())
+        entropy = metrics.mean_binary_entropy(logits)
+    else:
+        nll = torch.nn.functional.cross_entropy(logits, y)
+        entropy = float("nan")
+    group_accuracy, group_count = metrics.group_accuracies(logits, y, split.group, split.n_groups)
+    present = group_count > 0
+    return {
+        "accuracy": metrics.accuracy(logits, y),
+        "nll": float(nll),
+        "entropy": entropy,
+        "worst_group_accuracy": float(np.min(group_accuracy[present])),
+        "group_accuracy": [None if not c else float(a) for a, c in zip(group_accuracy, group_count, strict=True)],
+        "group_count": group_count.tolist(),
+    }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Batches
+# --------------------------------------------------------------------------------------------------------------
+class BatchSampler:
+    """Full batches, or shuffled mini-batches drawn epoch by epoch from a seeded generator; its state checkpoints."""
+
+    def __init__(self, n: int, batch_size: int | None, generator: torch.Generator) -> None:
+        self.n = n
+        self.batch_size = None if batch_size is None or batch_size >= n else int(batch_size)
+        self.generator = generator
+        self.order = torch.arange(n)
+        self.position = n  # an epoch starts at the first draw
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return 1 if self.batch_size is None else math.ceil(self.n / self.batch_size)
+
+    def next(self) -> torch.Tensor | None:
+        """Indices of the next batch (``None`` for the full batch)."""
+        if self.batch_size is None:
+            return None
+        if self.position >= self.n:
+            self.order = torch.randperm(self.n, generator=self.generator)
+            self.position = 0
+        index = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return index
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order, "position": self.position, "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.order, self.position = state["order"], int(state["position"])
+        self.generator.set_state(state["generator"])
+
+
+def total_steps(hparams: Mapping[str, Any], n_train: int) -> int:
+    """``hparams["steps"]``, or ``hparams["epochs"]`` epochs of ``batch_size`` batches."""
+    if "steps" in hparams:
+        return int(hparams["steps"])
+    if "epochs" in hparams:
+        batch = hparams.get("batch_size")
+        per_epoch = 1 if batch is None else math.ceil(n_train / int(batch))
+        return int(hparams["epochs"]) * per_epoch
+    raise ValueError("hparams must give 'steps' or 'epochs'")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------------------------
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    write(temporary)
+    os.replace(temporary, path)
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """The evaluation lines of a run folder (a torn last line, from a kill mid-write, is ignored)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def _rewrite_metrics(run_dir: Path, up_to_step: int) -> None:
+    kept = [row for row in read_metrics(run_dir) if row["step"] <= up_to_step]
+    _atomic_write(run_dir / "metrics.jsonl", lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in kept)))
+
+
+def is_done(run_dir: Path) -> bool:
+    return (Path(run_dir) / "done").exists()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The loop
+# --------------------------------------------------------------------------------------------------------------
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: RunConfig
+    metrics: list[dict[str, Any]]
+    skipped: bool
+    seconds: float
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def _precision(precision: str, device: torch.device) -> Iterator[None]:
+    if precision == "bfloat16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+def train(
+    config: RunConfig,
+    runs_root: Path | str,
+    *,
+    data_root: Path | str | None = None,
+    device: str = "cpu",
+    progress: bool = False,
+    callbacks: Sequence[Callable[[int, Algorithm], None]] = (),
+    task: Task | None = None,
+    tensorboard: bool = False,
+    max_steps: int | None = None,
+) -> RunResult:
+    """Train ``config`` into ``runs_root/<config.folder_name()>`` (skipping it if done, resuming if checkpointed).
+
+    Args:
+        data_root: where the data files live (passed to the task; not part of the run's identity).
+        device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
+        progress: show a progress bar.
+        callbacks: called as ``callback(step, algorithm)`` after every update (e.g. a FeatureTracker's hook).
+        task: an already loaded task (saves reloading data across runs of a sweep).
+        tensorboard: also log the evaluation scalars to ``run_dir/tensorboard`` (needs the tensorboard package).
+        max_steps: stop (without ``done``) after this many steps in this call: for tests of resuming.
+    """
+    if config.precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
+    if config.eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {config.eval_every}")
+    start_time = time.perf_counter()
+    run_dir = Path(runs_root) / config.folder_name()
+    if is_done(run_dir):
+        return RunResult(run_dir, config, read_metrics(run_dir), True, 0.0)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    identity = json.dumps(config.identity(), sort_keys=True, indent=2, default=_json_default)
+    if config_path.exists() and json.loads(config_path.read_text()) != json.loads(identity):
+        raise ValueError(f"{run_dir} holds a different run (config.json differs); refusing to mix them")
+    _atomic_write(config_path, lambda p: p.write_text(identity + "\n"))
+
+    if task is None:
+        options = dict(config.data)
+        if data_root is not None:
+            options["data_root"] = data_root
+        task = load_task(config.dataset, options, config.seed)
+    target = _resolve_device(device)
+    generator = torch.Generator().manual_seed(config.seed)
+    model = task.build_model(config.hparams, torch.Generator().manual_seed(config.seed))
+    hparams = dict(config.hparams)
+    if "seed" in hparams:  # methods with their own randomness (LfF's second network) follow the run's seed
+        hparams["seed"] = config.seed
+    algorithm = build_algorithm(config.algorithm, model.to(target), hparams, task.n_groups)
+    sampler = BatchSampler(len(task.train), hparams.get("batch_size"), torch.Generator().manual_seed(config.seed + 1))
+    steps = total_steps(hparams, len(task.train))
+    jtt_switch = None
+    if config.algorithm == "jtt":
+        jtt_switch = int(hparams["jtt_first_stage_epochs"]) * sampler.steps_per_epoch
+    splits = {name: split for name, split in task.evaluation.items()
+              if config.eval_splits is None or name in config.eval_splits}
+
+    step = 0
+    checkpoint_path = run_dir / "checkpoint.pt"
+    if checkpoint_path.exists():
+        state = torch.load(checkpoint_path, map_location=target, weights_only=False)
+        algorithm.load_state_dict(state["algorithm"])
+        sampler.load_state_dict(state["sampler"])
+        generator.set_state(state["generator"])
+        step = int(state["step"])
+        _rewrite_metrics(run_dir, step)
+    elif (run_dir / "metrics.jsonl").exists():
+        (run_dir / "metrics.jsonl").unlink()  # a run killed before its first checkpoint starts over
+
+    writer = None
+    if tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+
+    train_x = task.train.x.to(target)
+    train_y, train_group = task.train.y.to(target), task.train.group.to(target)
+    train_index = torch.arange(len(task.train), device=target)
+    logged: dict[str, list[float]] = {}
+
+    def evaluate_and_checkpoint(at_step: int) -> None:
+        row: dict[str, Any] = {"step": at_step, "seconds": time.perf_counter() - start_time}
+        row.update({f"train/{k}": float(np.mean(v)) for k, v in logged.items()})
+        for name, split in splits.items():
+            result = evaluate_split(predict(algorithm, split.x, device=target), split)
+            row.update({f"{name}/{k}": v for k, v in result.items()})
+        with (run_dir / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        state = {"algorithm": algorithm.state_dict(), "sampler": sampler.state_dict(),
+                 "generator": generator.get_state(), "step": at_step}
+        _atomic_write(checkpoint_path, lambda p: torch.save(state, p))
+        if writer is not None:
+            for key, value in row.items():
+                if isinstance(value, int | float) and key not in ("step",):
+                    writer.add_scalar(key, value, at_step)
+        logged.clear()
+
+    if step == 0 and not read_metrics(run_dir):
+        evaluate_and_checkpoint(0)
+    bar = _progress_bar(progress, steps, step, config)
+    limit = steps if max_steps is None else min(steps, step + max_steps)
+    try:
+        while step < limit:
+            if jtt_switch is not None and step == jtt_switch and getattr(algorithm, "stage", 2) == 1:
+                algorithm.identify(train_x, train_y)
+            index = sampler.next()
+            if index is None:
+                batch = (train_x, train_y, train_group, train_index)
+            else:
+                index = index.to(target)
+                batch = (train_x[index], train_y[index], train_group[index], index)
+            if task.augment is not None:
+                batch = (task.augment(batch[0], generator), *batch[1:])
+            with _precision(config.precision, target):
+                logs = algorithm.update(batch)
+            for key, value in logs.items():
+                if key != "step":
+                    logged.setdefault(key, []).append(value)
+            step += 1
+            for callback in callbacks:
+                callback(step, algorithm)
+            if step % config.eval_every == 0 or step == steps:
+                evaluate_and_checkpoint(step)
+            if bar is not None:
+                bar[0].update(bar[1], completed=step)
+    finally:
+        if bar is not None:
+            bar[0].stop()
+        if writer is not None:
+            writer.close()
+    rows = read_metrics(run_dir)
+    if step == steps:
+        summary = {"steps": steps, "seconds": time.perf_counter() - start_time, "final": rows[-1] if rows else {}}
+        _atomic_write(run_dir / "done", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+    return RunResult(run_dir, config, rows, False, time.perf_counter() - start_time)
+
+
+def _progress_bar(enabled: bool, steps: int, done: int, config: RunConfig):
+    if not enabled:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(f"{config.algorithm} s{config.seed}"), BarColumn(), MofNCompleteColumn(),
+                   TimeRemainingColumn(), transient=True)
+    task = bar.add_task("train", total=steps, completed=done)
+    bar.start()
+    return bar, task
