@@ -55,14 +55,15 @@ def short_runs():
 
 
 def test_short_runs_show_sd_feeds_the_second_feature_and_widens_the_margin(short_runs):
-    """After 400 steps on Δ > 0 (measured on seeds 0-2: |z7| 0.47 with weight decay vs 1.05 with SD; mean margin
-    0.165 vs 0.204), SD's response to feature 7 and its mean margin exceed weight decay's for every seed."""
+    """After 400 steps on Δ > 0, measured on seeds 0-2: |z7| is (0.80, 1.59, 1.77) with weight decay and
+    (2.72, 3.32, 4.32) with SD; |z2| (the dominant, label-aligned feature) 148 vs 61; the smallest distance from a
+    training point to the boundary (0.091, 0.096, 0.111) vs (0.137, 0.128, 0.160). Asserted per seed with room."""
     wd, sd = short_runs["separable"], short_runs["separable-sd"]
-    np.testing.assert_array_equal(wd.label_alignment, sd.label_alignment)  # same data and initialisations
-    z_wd = np.abs(wd.responses[:, -1, 6])
-    z_sd = np.abs(sd.responses[:, -1, 6])
-    assert np.all(z_sd > 1.2 * z_wd), (z_wd, z_sd)
-    assert np.all(sd.margin_mean > wd.margin_mean + 0.01), (wd.margin_mean, sd.margin_mean)
+    np.testing.assert_allclose(wd.label_alignment, sd.label_alignment, rtol=1e-9)  # same data and initialisations
+    assert np.all(np.abs(sd.responses[:, -1, 6]) > 1.5 * np.abs(wd.responses[:, -1, 6]))  # feature 7 grows
+    assert np.all(np.abs(sd.responses[:, -1, 1]) < 0.6 * np.abs(wd.responses[:, -1, 1]))  # feature 2 is held back
+    assert np.all(sd.margin_min > wd.margin_min + 0.01), (wd.margin_min, sd.margin_min)
+    assert np.all(sd.margin_mean >= wd.margin_mean)
     assert np.all(wd.train_accuracy == 1.0) and np.all(sd.train_accuracy == 1.0)
 
 
@@ -77,9 +78,11 @@ def test_result_shapes_and_recorded_steps(short_runs):
 
 
 def test_stochastic_settings_train(tmp_path):
-    for setting in (MoonsSetting("d", steps=20, dropout=0.7, hidden=(32,)),
-                    MoonsSetting("b", steps=20, batch_norm=True, hidden=(32,)),
-                    MoonsSetting("a", steps=20, optimizer="adam", lr=3e-3, hidden=(32,), rotation=45.0)):
+    for setting in (
+        MoonsSetting("d", steps=20, dropout=0.7, hidden=(32,)),
+        MoonsSetting("b", steps=20, batch_norm=True, hidden=(32,)),
+        MoonsSetting("a", steps=20, optimizer="adam", lr=3e-3, hidden=(32,), rotation=45.0),
+    ):
         run = train_moons(setting, seeds=(0, 1), k=3, record_every=10)
         assert np.all(np.isfinite(run.grid_logits)) and run.responses.shape == (2, 3, 3)
 

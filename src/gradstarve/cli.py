@@ -478,6 +478,37 @@ def data_prepare(
     console.print(f"done in {time.perf_counter() - start:.1f} s")
 
 
+@app.command("hparams")
+def hparams_command(
+    algorithm: str = typer.Argument(..., help="Algorithm: erm, sd, irm, vrex, group_dro, lff or jtt."),
+    dataset: str = typer.Argument(..., help="Dataset: two-moons, colored-mnist, celeba or synthetic."),
+    seed: int = typer.Option(None, "--seed", min=0, help="Also show the random-search draw with this seed."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the values (the draw if --seed) as JSON."),
+) -> None:
+    """Default hyperparameters of ALGORITHM on DATASET, their random-search distributions and sources."""
+    import json
+
+    from gradstarve import hparams
+
+    try:
+        specs = hparams.hparam_specs(algorithm, dataset)
+        draw = None if seed is None else hparams.random_hparams(algorithm, dataset, seed)
+    except ValueError as error:
+        raise typer.BadParameter(str(error)) from None
+    if as_json:
+        values = draw if draw is not None else hparams.default_hparams(algorithm, dataset)
+        console.print_json(json.dumps(values))
+        return
+    table = Table(title=f"hyperparameters of {algorithm} on {dataset}", show_lines=False)
+    columns = ["name", "default", *([f"seed {seed}"] if draw is not None else []), "search", "meaning", "source"]
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for name, spec in specs.items():
+        sampled = [hparams.describe(draw[name])] if draw is not None else []
+        table.add_row(name, hparams.describe(spec.default), *sampled, str(spec.search), spec.doc, spec.source)
+    console.print(table)
+
+
 def main() -> None:
     """Entry point of the ``gradstarve`` console script."""
     app()

@@ -148,5 +148,7 @@ def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int 
         def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             return augment(x, generator)
 
-        return Task(dataset, splits["train"], dict(splits), build, augment=flip if options.get("augment", True) else None)
+        return Task(
+            dataset, splits["train"], dict(splits), build, augment=flip if options.get("augment", True) else None
+        )
     raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(TASKS)}")

@@ -108,7 +108,9 @@ def make_config(
     hparams = default_hparams(algorithm, dataset)
     unknown = set(overrides or {}) - set(hparams)
     if unknown:
-        raise ValueError(f"unknown hyperparameters for {algorithm} on {dataset}: {sorted(unknown)}; known: {sorted(hparams)}")
+        raise ValueError(
+            f"unknown hyperparameters for {algorithm} on {dataset}: {sorted(unknown)}; known: {sorted(hparams)}"
+        )
     hparams.update(overrides or {})
     return RunConfig(dataset, algorithm, hparams, seed, **fields)
 
@@ -117,7 +119,9 @@ def make_config(
 # Evaluation
 # --------------------------------------------------------------------------------------------------------------
 @torch.no_grad()
-def predict(algorithm: Algorithm, x: torch.Tensor, batch_size: int = 4096, device: torch.device | None = None) -> torch.Tensor:
+def predict(
+    algorithm: Algorithm, x: torch.Tensor, batch_size: int = 4096, device: torch.device | None = None
+) -> torch.Tensor:
     """Logits of the algorithm's model on ``x`` in eval mode, in batches (float32 on the CPU)."""
     was_training = algorithm.training
     algorithm.eval()
@@ -315,8 +319,11 @@ def train(
     jtt_switch = None
     if config.algorithm == "jtt":
         jtt_switch = int(hparams["jtt_first_stage_epochs"]) * sampler.steps_per_epoch
-    splits = {name: split for name, split in task.evaluation.items()
-              if config.eval_splits is None or name in config.eval_splits}
+    splits = {
+        name: split
+        for name, split in task.evaluation.items()
+        if config.eval_splits is None or name in config.eval_splits
+    }
 
     step = 0
     checkpoint_path = run_dir / "checkpoint.pt"
@@ -351,8 +358,12 @@ def train(
             handle.write(json.dumps(row) + "\n")
             handle.flush()
             os.fsync(handle.fileno())
-        state = {"algorithm": algorithm.state_dict(), "sampler": sampler.state_dict(),
-                 "generator": generator.get_state(), "step": at_step}
+        state = {
+            "algorithm": algorithm.state_dict(),
+            "sampler": sampler.state_dict(),
+            "generator": generator.get_state(),
+            "step": at_step,
+        }
         _atomic_write(checkpoint_path, lambda p: torch.save(state, p))
         if writer is not None:
             for key, value in row.items():
@@ -405,8 +416,13 @@ def _progress_bar(enabled: bool, steps: int, done: int, config: RunConfig):
         return None
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn(f"{config.algorithm} s{config.seed}"), BarColumn(), MofNCompleteColumn(),
-                   TimeRemainingColumn(), transient=True)
+    bar = Progress(
+        TextColumn(f"{config.algorithm} s{config.seed}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+    )
     task = bar.add_task("train", total=steps, completed=done)
     bar.start()
     return bar, task

@@ -1,0 +1,103 @@
+"""The training loop: run folders, metrics, checkpoints, resuming, skipping finished runs, JTT's stages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from gradstarve.experiments.tasks import load_task
+from gradstarve.experiments.train import RunConfig, make_config, read_metrics, train
+
+
+def config(algorithm: str = "erm", **overrides) -> RunConfig:
+    fields = {
+        key: overrides.pop(key)
+        for key in ("seed", "eval_every", "data", "eval_splits", "precision")
+        if key in overrides
+    }
+    return make_config("synthetic", algorithm, overrides={"steps": 12, **overrides}, eval_every=4, **fields)
+
+
+def test_run_folder_layout_and_metrics(tmp_path):
+    result = train(config(), tmp_path)
+    assert result.run_dir.name.startswith("synthetic-erm-s0-")
+    assert {p.name for p in result.run_dir.iterdir()} >= {"config.json", "metrics.jsonl", "checkpoint.pt", "done"}
+    rows = read_metrics(result.run_dir)
+    assert [row["step"] for row in rows] == [0, 4, 8, 12]
+    last = rows[-1]
+    for split in ("train", "val", "test"):
+        assert 0.0 <= last[f"{split}/accuracy"] <= 1.0
+        assert last[f"{split}/worst_group_accuracy"] <= last[f"{split}/accuracy"] + 1e-12
+        assert sum(last[f"{split}/group_count"]) > 0
+    assert last["train/loss"] > 0 and "train/nll" in last
+    assert rows[-1]["train/accuracy"] > rows[0]["train/accuracy"]  # it learns
+    assert json.loads((result.run_dir / "done").read_text())["steps"] == 12
+
+
+def test_finished_runs_are_skipped_and_hashes_are_stable(tmp_path):
+    first = train(config(), tmp_path)
+    again = train(config(), tmp_path)
+    assert again.skipped and again.run_dir == first.run_dir
+    assert config().run_id() == config().run_id()
+    assert config(seed=1).run_id() != config().run_id()
+    assert config(lr=0.02).run_id() != config().run_id()
+    with_location = make_config("synthetic", "erm", data={"data_root": "/somewhere"})
+    assert with_location.run_id() == make_config("synthetic", "erm").run_id()  # where data lives is not identity
+
+
+def test_resume_after_interruption_gives_identical_metrics_without_duplicates(tmp_path):
+    reference = read_metrics(train(config("irm", irm_anneal_steps=5), tmp_path / "a").run_dir)
+    run = config("irm", irm_anneal_steps=5)
+    partial = train(run, tmp_path / "b", max_steps=6)  # stops at step 6, last checkpoint at step 4
+    assert not (partial.run_dir / "done").exists()
+    with (partial.run_dir / "metrics.jsonl").open("a") as handle:  # a line written after the last checkpoint
+        handle.write(json.dumps({"step": 99, "train/accuracy": 0.0}) + "\n")
+        handle.write('{"step": 100, "torn')  # and a torn line, as from a SIGKILL mid-write
+    resumed = read_metrics(train(run, tmp_path / "b").run_dir)
+    assert [row["step"] for row in resumed] == [0, 4, 8, 12]
+    for a, b in zip(reference, resumed, strict=True):
+        for key in a:
+            if key not in ("seconds",):
+                assert a[key] == pytest.approx(b[key], rel=1e-6, abs=1e-9), key
+
+
+def test_different_config_in_the_same_folder_is_refused(tmp_path):
+    run = config()
+    folder = tmp_path / run.folder_name()
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"something": "else"}))
+    with pytest.raises(ValueError, match="different run"):
+        train(run, tmp_path)
+
+
+def test_jtt_switches_stage_after_its_first_epochs(tmp_path):
+    run = make_config("synthetic", "jtt", overrides={"steps": 8, "jtt_first_stage_epochs": 3}, eval_every=4)
+    result = train(run, tmp_path)
+    state = torch.load(result.run_dir / "checkpoint.pt", weights_only=False)
+    assert state["algorithm"]["_extra_state"]["method"]["stage"] == 2
+
+
+@pytest.mark.parametrize("algorithm", ["erm", "sd", "irm", "vrex", "group_dro", "lff", "jtt"])
+def test_every_algorithm_trains_on_the_synthetic_task(tmp_path, algorithm):
+    rows = read_metrics(
+        train(make_config("synthetic", algorithm, overrides={"steps": 10}, eval_every=5), tmp_path).run_dir
+    )
+    assert rows[-1]["step"] == 10
+    assert all(row["train/accuracy"] == row["train/accuracy"] for row in rows)  # no NaN
+
+
+def test_minibatches_and_bfloat16(tmp_path):
+    run = config(batch_size=64, precision="bfloat16")
+    rows = read_metrics(train(run, tmp_path).run_dir)
+    assert rows[-1]["step"] == 12 and rows[-1]["train/accuracy"] > 0.5
+
+
+def test_unknown_hyperparameter_and_bad_fields():
+    with pytest.raises(ValueError, match="unknown hyperparameters"):
+        make_config("synthetic", "erm", overrides={"learning_rate": 0.1})
+    with pytest.raises(ValueError, match="unknown dataset"):
+        load_task("imagenet")
+    with pytest.raises(ValueError, match="precision"):
+        train(config(precision="fp8"), "/tmp/unused")
