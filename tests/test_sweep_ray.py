@@ -3,6 +3,8 @@ the same results table as the local backend, resuming a partial run and skipping
 
 from __future__ import annotations
 
+import threading
+
 import pandas as pd
 import pytest
 
@@ -29,8 +31,13 @@ def test_ray_backend_matches_the_local_backend_and_resumes(tmp_path, local_ray):
     sweep.save_spec(ray_dir, SPEC)
     partial = sweep.plan(SPEC)[3]
     train(partial.config, sweep.runs_root(ray_dir), max_steps=15)  # interrupted: checkpoint at step 10
-    events = []
-    summary = sweep.launch(ray_dir, backend="ray", workers=2, threads_per_run=1, on_event=events.append)
+    events, lock = [], threading.Lock()
+
+    def on_event(event):  # holds a lock, as a progress display does: Tune must not need to pickle it
+        with lock:
+            events.append(event)
+
+    summary = sweep.launch(ray_dir, backend="ray", workers=2, threads_per_run=1, on_event=on_event)
     assert summary.count("done") == 8, summary.outcomes
     assert sorted(e.folder_name for e in events if e.kind == "finished") == sorted(
         r.folder_name for r in sweep.plan(SPEC)

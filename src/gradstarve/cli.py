@@ -732,9 +732,11 @@ def sweep_collect(
     except ValueError as error:
         raise _sweep_error(error) from None
     for title, frame in results.display_tables().items():
-        table = Table(title=title)
+        table = Table(title=f"{title}; accuracy in %")
         for column in frame.columns:
-            table.add_column(str(column), justify="left" if column in ("dataset", "algorithm", "hparams") else "right")
+            header = str(column).replace("/worst_group_accuracy", " worst group").replace("/accuracy", "")
+            names = ("dataset", "algorithm", "hparams")
+            table.add_column(header, justify="left" if column in names else "right", no_wrap=column in names[:2])
         for row in frame.itertuples(index=False):
             table.add_row(*(str(value) for value in row))
         console.print(table)

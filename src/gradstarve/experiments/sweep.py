@@ -501,7 +501,12 @@ def launch(
 
         outcomes = launch_local(todo, root, workers, threads, data_root, device, on_event, lock_timeout)
     else:
-        from gradstarve.experiments.sweep_ray import launch_ray
+        try:
+            from gradstarve.experiments.sweep_ray import launch_ray
+        except ModuleNotFoundError as error:
+            if error.name != "ray":
+                raise
+            raise ValueError(str(error)) from None
 
         outcomes = launch_ray(
             todo,

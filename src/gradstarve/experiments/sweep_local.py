@@ -1,16 +1,19 @@
 """The local backend of :func:`gradstarve.experiments.sweep.launch`: a pool of long-lived worker processes.
 
-``workers`` processes are started with ``spawn`` (``fork`` would copy torch's thread pools into the children), each
-with ``threads`` torch threads, and each trains one run at a time through
-:func:`gradstarve.experiments.sweep.run_one`. Consecutive runs on the same data (same dataset, options and seed)
-reuse the loaded task. The launcher talks to each worker over its own pipe and watches its process sentinel, so it
-always knows which run a worker holds: a run that raises is reported by the worker and the worker goes on; a worker
-that dies (segfault, out-of-memory kill) fails only the run it held (``<run>/error.txt`` says so) and a new worker
-takes the next run. Workers die with the launcher, even when it is killed with SIGKILL (``PR_SET_PDEATHSIG`` on
-Linux, plus a watchdog thread that notices being orphaned), so a killed launch leaves no process writing into the
-sweep; the run folders' locks make a relaunch wait for a dying worker rather than train the same run twice.
+``workers`` processes each train one run at a time through :func:`gradstarve.experiments.sweep.run_one`, with
+``threads`` torch threads. They are forked from a ``forkserver`` that has imported torch and gradstarve once (and
+has run no computation, so no thread pool is copied half-initialised), so a worker starts in a fraction of a
+second instead of paying Python + torch start-up (seconds on 2 cores); where ``forkserver`` does not exist
+(Windows) they are ``spawn`` ed. Plain ``fork`` of the launcher is never used: it would copy thread pools in use.
+Consecutive runs on the same data (same dataset, options and seed) reuse the loaded task.
 
-Cost: each worker pays Python + torch start-up once (about 2-5 s on 2 cores), not once per run.
+The launcher talks to each worker over its own pipe and watches its process sentinel, so it always knows which run
+a worker holds: a run that raises is reported by the worker and the worker goes on; a worker that dies (segfault,
+out-of-memory kill) fails only the run it held (``<run>/error.txt`` says so) and a new worker takes the next run.
+Workers die with the launcher, even when it is killed with SIGKILL: the forkserver exits when the launcher's end of
+its pipe closes, the workers have ``PR_SET_PDEATHSIG`` set (Linux), and a watchdog thread in each worker exits when
+the launcher's pid is gone or the worker is re-parented. The run folders' locks make a relaunch wait for a dying
+worker rather than train the same run twice.
 """
 
 from __future__ import annotations
@@ -35,26 +38,39 @@ from gradstarve.experiments.train import is_done
 
 
 # --------------------------------------------------------------------------------------------------------------
-def _exit_with_parent(parent_pid: int) -> None:
-    """Make this worker die when the launcher dies, even by SIGKILL (then nothing could tell the worker)."""
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _exit_with_parent(launcher_pid: int) -> None:
+    """Make this worker die when the launcher dies, even by SIGKILL (then nothing can tell the worker)."""
+    parent = os.getppid()  # the forkserver, or the launcher itself under spawn
     if sys.platform.startswith("linux"):
         with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the launcher died before prctl
+    if not _alive(launcher_pid):  # it died before prctl took effect
         os._exit(1)
 
-    def watch() -> None:  # portable fallback: an orphan is re-parented
+    def watch() -> None:  # portable fallback: the launcher is gone, or this worker was re-parented
         while True:
             time.sleep(1.0)
-            if os.getppid() != parent_pid:
+            if os.getppid() != parent or not _alive(launcher_pid):
                 os._exit(1)
 
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
-def _worker_main(conn: Any, parent_pid: int, threads: int, data_root: str | None, device: str, timeout: float) -> None:
+def _worker_main(
+    conn: Any, launcher_pid: int, threads: int, data_root: str | None, device: str, timeout: float
+) -> None:
     """A worker process: receives ``(config, runs_dir)``, sends events, until it receives ``None``."""
-    _exit_with_parent(parent_pid)
+    _exit_with_parent(launcher_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the launcher's to handle: it stops the workers
     import torch
 
@@ -96,6 +112,19 @@ def _worker_main(conn: Any, parent_pid: int, threads: int, data_root: str | None
         conn.send(RunEvent("finished", name, outcome=outcome))
 
 
+#: Imported once by the forkserver, so that forked workers start with them: gradstarve's training stack, and
+#: torch._dynamo, which torch imports at the first optimiser (seconds).
+FORKSERVER_PRELOAD = ["gradstarve.experiments.sweep_local", "torch._dynamo"]
+
+
+def _context() -> Any:
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(FORKSERVER_PRELOAD)  # takes effect when the forkserver starts (once)
+        return context
+    return multiprocessing.get_context("spawn")
+
+
 @dataclass
 class _Worker:
     process: Any
@@ -115,7 +144,7 @@ def launch_local(
 ) -> list[RunOutcome]:
     """Train ``runs`` into ``root`` with ``workers`` processes; return each run's outcome in order (a run whose
     outcome never arrived, after an interruption, is left out)."""
-    context = multiprocessing.get_context("spawn")  # fork would copy torch's thread pools into the children
+    context = _context()
     pending = list(runs)
     outcomes: dict[str, RunOutcome] = {}
     pool: list[_Worker] = []

@@ -1,6 +1,7 @@
 """The Ray backend of :func:`gradstarve.experiments.sweep.launch`: one Ray Tune trial per run.
 
-Needs the ``ray`` extra (``pip install "gradstarve[ray]"``); Ray is imported only here, when this backend runs.
+Needs the ``ray`` extra (``pip install "gradstarve[ray]"``); Ray is imported only here, and this module only when
+this backend runs.
 
 Each trial calls :func:`gradstarve.experiments.sweep.run_one` (hence :func:`~gradstarve.experiments.train.train`)
 with the run's config and writes the same run folder a local launch would: results, resuming and skipping never
@@ -16,13 +17,25 @@ in the launching process.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gradstarve.experiments.sweep import (
+# Tune's console tables only repeat what the progress display shows (read when Tune starts; set before importing it).
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+
+try:
+    import ray
+    from ray import tune
+except ModuleNotFoundError as error:  # pragma: no cover - the [test] extra installs Ray
+    raise ModuleNotFoundError(
+        'the Ray backend needs Ray: pip install "gradstarve[ray]" (with PIP_CONSTRAINT=constraints.txt)', name="ray"
+    ) from error
+
+from gradstarve.experiments.sweep import (  # after setting the environment Tune reads
     EventHandler,
     PlannedRun,
     RunEvent,
@@ -40,7 +53,6 @@ def _trial(
     params: dict[str, Any], runs_dir: str, data_root: str | None, device: str, threads: int, lock_timeout: float
 ) -> None:
     import torch
-    from ray import tune
 
     torch.set_num_threads(threads)
     config = config_from_dict(params["trial"]["run"])
@@ -65,37 +77,43 @@ def _trial(
     )
 
 
-def _event_callback(on_event: EventHandler | None, outcomes: dict[str, RunOutcome]):
-    from ray import tune
+class _Events(tune.Callback):
+    """Turns trial news into RunEvents, in the launching process. Tune pickles its run configuration (callbacks
+    included) for its own experiment state; the handler (often a progress display, with locks) is not pickled."""
 
-    class Events(tune.Callback):
-        """Turns trial news into RunEvents, in the launching process."""
+    def __init__(self, on_event: EventHandler | None, outcomes: dict[str, RunOutcome]) -> None:
+        self.on_event = on_event
+        self.outcomes = outcomes
 
-        def on_trial_start(self, iteration, trials, trial, **info):
-            if on_event is not None:
-                on_event(RunEvent("started", trial.config["trial"]["run_folder"]))
+    def __getstate__(self) -> dict[str, Any]:
+        return {}
 
-        def on_trial_result(self, iteration, trials, trial, result, **info):
-            folder = trial.config["trial"]["run_folder"]
-            state = result.get("state")
-            if state == "running":
-                if on_event is not None:
-                    on_event(RunEvent("progress", folder, int(result["step"]), int(result["total"])))
-            elif state is not None:
-                outcome = RunOutcome(folder, state, float(result.get("seconds", 0.0)), result.get("error") or None)
-                outcomes[folder] = outcome
-                if on_event is not None:
-                    on_event(RunEvent("finished", folder, outcome=outcome))
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.on_event, self.outcomes = None, {}
 
-        def on_trial_error(self, iteration, trials, trial, **info):
-            folder = trial.config["trial"]["run_folder"]
-            if folder not in outcomes:
-                outcome = RunOutcome(folder, "failed", 0.0, "the Ray trial failed (see the Ray logs in <sweep>/ray)")
-                outcomes[folder] = outcome
-                if on_event is not None:
-                    on_event(RunEvent("finished", folder, outcome=outcome))
+    def _emit(self, event: RunEvent) -> None:
+        if self.on_event is not None:
+            self.on_event(event)
 
-    return Events()
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._emit(RunEvent("started", trial.config["trial"]["run_folder"]))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        folder = trial.config["trial"]["run_folder"]
+        state = result.get("state")
+        if state == "running":
+            self._emit(RunEvent("progress", folder, int(result["step"]), int(result["total"])))
+        elif state is not None:
+            outcome = RunOutcome(folder, state, float(result.get("seconds", 0.0)), result.get("error") or None)
+            self.outcomes[folder] = outcome
+            self._emit(RunEvent("finished", folder, outcome=outcome))
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        folder = trial.config["trial"]["run_folder"]
+        if folder not in self.outcomes:
+            outcome = RunOutcome(folder, "failed", 0.0, "the Ray trial failed (see the Ray logs in <sweep>/ray)")
+            self.outcomes[folder] = outcome
+            self._emit(RunEvent("finished", folder, outcome=outcome))
 
 
 def launch_ray(
@@ -112,23 +130,17 @@ def launch_ray(
     lock_timeout: float = 10.0,
 ) -> list[RunOutcome]:
     """Run ``runs`` as Ray Tune trials (``cpus_per_run`` CPUs each); return each run's outcome in order."""
-    # Tune's default CSV / JSON / TensorBoard loggers and its console tables only duplicate our run folders.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    try:
-        import ray
-        from ray import tune
-    except ModuleNotFoundError:
-        raise ValueError(
-            'the Ray backend needs Ray: pip install "gradstarve[ray]" (with PIP_CONSTRAINT=constraints.txt)'
-        ) from None
-
     started = False
     if not ray.is_initialized():
         if address is not None:
             ray.init(address=address, log_to_driver=False)
         else:
-            ray.init(num_cpus=workers * cpus_per_run, include_dashboard=False, log_to_driver=False)
+            ray.init(
+                num_cpus=workers * cpus_per_run,
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level=logging.WARNING,
+            )
         started = True
     outcomes: dict[str, RunOutcome] = {}
     try:
@@ -152,7 +164,7 @@ def launch_ray(
                 name=time.strftime("launch-%Y%m%d-%H%M%S"),
                 storage_path=str(Path(storage_dir).absolute()),
                 verbose=0,
-                callbacks=[_event_callback(on_event, outcomes)],
+                callbacks=[_Events(on_event, outcomes)],
                 failure_config=tune.FailureConfig(max_failures=0),
             ),
         )
