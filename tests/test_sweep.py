@@ -124,7 +124,7 @@ def test_spec_files_and_bad_specs(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 # Killed and relaunched
 # --------------------------------------------------------------------------------------------------------------
-STEPS, EVERY = 1500, 100
+STEPS, EVERY = 3000, 100  # a run takes seconds: the kill lands mid-run
 
 
 def test_sigkilled_sweep_relaunched_has_every_run_once_and_no_duplicated_lines(tmp_path):
@@ -316,4 +316,4 @@ def test_collect_puts_the_papers_numbers_beside_ours(tmp_path):
     markdown = (tmp_path / "results" / "results.md").read_text()
     assert "test/accuracy (paper)" in markdown and "23.7 ± 0.8" in markdown and "+0.4" in markdown
     result = CliRunner().invoke(app, ["sweep", "collect", str(tmp_path), "--rule", "last_step"])
-    assert result.exit_code == 0 and "23.7" in result.output and "last_step" in result.output
+    assert result.exit_code == 0 and "last_step" in result.output and "results.md" in result.output

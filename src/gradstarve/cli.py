@@ -742,7 +742,7 @@ def sweep_collect(
         console.print(table)
     for note in results.notes:
         console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
-    console.print(f"[green]wrote[/green] {', '.join(str(path) for path in results.files)}")
+    console.print(f"[green]wrote[/green] {', '.join(str(path) for path in results.files)}", soft_wrap=True)
 
 
 @sweep_app.command("delete-incomplete")
@@ -847,7 +847,7 @@ def reproduce_everything(
         colour = "red" if item.kind == "failed" else "yellow"
         table.add_row(item.name, item.title, f"[{colour}]{item.kind}[/]", f"{item.seconds:.1f} s")
     console.print(table)
-    console.print(f"[green]wrote[/green] {', '.join(str(path) for path in result.report)}")
+    console.print(f"[green]wrote[/green] {', '.join(str(path) for path in result.report)}", soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)
 

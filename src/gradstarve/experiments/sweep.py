@@ -777,7 +777,7 @@ def collect(
                     "hparams": dict(chosen_runs[0].config.hparams),
                     "runs": [run.folder_name for run in chosen_runs],
                     "steps": [row["step"] for row in chosen.rows],
-                    "validation_score": chosen.validation_score,
+                    "validation_score": chosen.validation_score if selection.get_rule(rule).score_key else None,
                 }
             )
     if any(selection.get_rule(rule).uses_test for rule in rules):

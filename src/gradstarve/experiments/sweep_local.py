@@ -36,8 +36,10 @@ from typing import Any
 from gradstarve.experiments.sweep import ERROR_FILE, EventHandler, PlannedRun, RunEvent, RunOutcome, run_one
 from gradstarve.experiments.train import is_done
 
+#: How often a worker checks that its launcher is alive: the longest a worker trains on after the launcher's death.
+WATCHDOG_SECONDS = 0.2
 
-# --------------------------------------------------------------------------------------------------------------
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -57,9 +59,9 @@ def _exit_with_parent(launcher_pid: int) -> None:
     if not _alive(launcher_pid):  # it died before prctl took effect
         os._exit(1)
 
-    def watch() -> None:  # portable fallback: the launcher is gone, or this worker was re-parented
+    def watch() -> None:  # the launcher is gone, or this worker was re-parented (the forkserver exits later)
         while True:
-            time.sleep(1.0)
+            time.sleep(WATCHDOG_SECONDS)
             if os.getppid() != parent or not _alive(launcher_pid):
                 os._exit(1)
 
