@@ -68,6 +68,15 @@ def _exit_with_parent(launcher_pid: int) -> None:
     threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
+def _send(conn: Any, event: RunEvent) -> None:
+    """Send ``event`` to the launcher, or stop this worker at once if the launcher is gone: raising instead (e.g.
+    from inside a run's progress callback) would record the run as failed when it was only interrupted."""
+    try:
+        conn.send(event)
+    except (BrokenPipeError, EOFError, OSError):
+        os._exit(1)
+
+
 def _worker_main(
     conn: Any, launcher_pid: int, threads: int, data_root: str | None, device: str, timeout: float
 ) -> None:
@@ -83,12 +92,15 @@ def _worker_main(
 
     cached: tuple[Any, Any] | None = None  # (key, task): consecutive runs on the same data skip reloading it
     while True:
-        message = conn.recv()
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):  # the launcher is gone
+            os._exit(1)
         if message is None:
             return
         config, runs_dir = message
         name = config.folder_name()
-        conn.send(RunEvent("started", name))
+        _send(conn, RunEvent("started", name))
         key = (config.dataset, json.dumps(dict(config.data), sort_keys=True, default=str), config.seed, data_root)
         task = None
         if not is_done(Path(runs_dir) / name):
@@ -106,12 +118,12 @@ def _worker_main(
             now = time.monotonic()
             if now - last[0] > 0.25 or step == total:
                 last[0] = now
-                conn.send(RunEvent("progress", name, step, total))
+                _send(conn, RunEvent("progress", name, step, total))
 
         outcome = run_one(
             config, runs_dir, data_root=data_root, device=device, task=task, on_progress=progress, lock_timeout=timeout
         )
-        conn.send(RunEvent("finished", name, outcome=outcome))
+        _send(conn, RunEvent("finished", name, outcome=outcome))
 
 
 #: Imported once by the forkserver, so that forked workers start with them: gradstarve's training stack, and
