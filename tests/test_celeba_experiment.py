@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,17 @@ def test_every_method_runs_end_to_end_and_the_table_matches_the_runs(fake_root, 
     again = write_celeba(tmp_path / "out", setup, data_root=fake_root, report=lines.append)
     assert all("already done" in line for line in lines[len(METHODS) :])
     assert again.tables["seeds"].equals(seeds)
+    # report only: reads what exists (seed 1 was never run) and says so
+    partial = write_celeba(
+        tmp_path / "partial",
+        replace(setup, seeds=(0, 1), methods=("erm",)),
+        runs_dir=tmp_path / "out" / "runs",
+        data_root=fake_root,
+        report_only=True,
+    )
+    assert partial.tables["table2"]["seeds"].tolist() == [1, 1]
+    assert any("ERM seed 1: not started" in note for note in partial.notes)
+    assert not (tmp_path / "out" / "runs" / setup.config("erm", 1, 24).folder_name()).exists()
 
 
 def test_missing_celeba_raises_data_missing_error(tmp_path):

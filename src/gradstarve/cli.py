@@ -435,6 +435,11 @@ def reproduce_celeba(
     threads: int = typer.Option(
         None, "--threads", min=1, help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)."
     ),
+    report_only: bool = typer.Option(
+        False,
+        "--report-only",
+        help="Train nothing: build the table from the runs already in --runs (partial ones too).",
+    ),
 ) -> None:
     """Table 2: CelebA worst-group and average test accuracy of ERM, SD (Eq. 28), Group DRO, LfF and JTT.
 
@@ -477,8 +482,9 @@ def reproduce_celeba(
             device=device,
             progress=True,
             report=lambda line: console.print(f"  {line}", soft_wrap=True),
+            report_only=report_only,
         )
-    except DataMissingError as error:
+    except (DataMissingError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(1) from None
     table = Table(title=reproduction.title + " (%; Δ in paper std units)")

@@ -220,7 +220,8 @@ class CelebASetup:
 # --------------------------------------------------------------------------------------------------------------
 @dataclass
 class CelebARuns:
-    """The runs of a set-up: metrics rows and run folder per ``(method, seed)``, and the training split's facts."""
+    """The runs of a set-up: metrics rows and run folder per started ``(method, seed)``, the runs not started
+    (``missing``, with ``report_only``), steps per epoch and in all per method, and group counts per split."""
 
     setup: CelebASetup
     metrics: dict[tuple[str, int], list[dict[str, Any]]]
@@ -228,6 +229,7 @@ class CelebARuns:
     steps_per_epoch: dict[str, int]
     total_steps: dict[str, int]
     group_counts: dict[str, dict[str, int]]
+    missing: list[tuple[str, int]] = field(default_factory=list)
     seconds: float = 0.0
 
 
@@ -254,6 +256,7 @@ def run_celeba(
     report: Callable[[str], None] | None = None,
     task: Task | None = None,
     max_steps: int | None = None,
+    report_only: bool = False,
 ) -> CelebARuns:
     """Train every (method, seed) of ``setup`` into ``runs_dir`` (finished runs are skipped, killed ones resumed).
 
@@ -262,6 +265,8 @@ def run_celeba(
         report: called with one line of text after each run.
         task: an already loaded celeba task (else :func:`load_celeba_task`).
         max_steps: train each run at most this many steps in this call (the table then uses what exists).
+        report_only: train nothing; read the runs already in ``runs_dir`` (runs not started are listed in
+            ``CelebARuns.missing``).
     """
     start = time.perf_counter()
     setup = setup.resolved()
@@ -272,11 +277,23 @@ def run_celeba(
     run_dirs: dict[tuple[str, int], Path] = {}
     steps_per_epoch: dict[str, int] = {}
     total: dict[str, int] = {}
+    missing: list[tuple[str, int]] = []
     for method in setup.methods:
         for seed in setup.seeds:
             config = setup.config(method, seed, n_train)
             steps_per_epoch[method] = math.ceil(n_train / int(config.hparams["batch_size"]))
             total[method] = int(config.hparams["epochs"]) * steps_per_epoch[method]
+            if report_only:
+                rows = read_metrics(Path(runs_dir) / config.folder_name())
+                if rows:
+                    metrics_by_run[(method, seed)] = rows
+                    run_dirs[(method, seed)] = Path(runs_dir) / config.folder_name()
+                else:
+                    missing.append((method, seed))
+                if report is not None:
+                    done = f"step {rows[-1]['step']}/{total[method]}" if rows else "not started"
+                    report(f"{LABELS[method]} seed {seed}: {done} -> {Path(runs_dir) / config.folder_name()}")
+                continue
             result = train(
                 config, runs_dir, data_root=data_root, device=device, progress=progress, task=task, max_steps=max_steps
             )
@@ -290,17 +307,8 @@ def run_celeba(
         name: dict(zip(GROUP_NAMES, split.group_counts().tolist(), strict=True))
         for name, split in task.evaluation.items()
     }
-    return CelebARuns(setup, metrics_by_run, run_dirs, steps_per_epoch, total, counts, time.perf_counter() - start)
-
-
-def read_celeba_runs(setup: CelebASetup, runs_dir: Path | str, n_train: int) -> dict[tuple[str, int], list[dict]]:
-    """The metrics rows of the set-up's runs already in ``runs_dir`` (empty lists for runs not started)."""
-    setup = setup.resolved()
-    return {
-        (method, seed): read_metrics(Path(runs_dir) / setup.config(method, seed, n_train).folder_name())
-        for method in setup.methods
-        for seed in setup.seeds
-    }
+    seconds = time.perf_counter() - start
+    return CelebARuns(setup, metrics_by_run, run_dirs, steps_per_epoch, total, counts, missing, seconds)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -635,6 +643,7 @@ def write_celeba(
     report: Callable[[str], None] | None = None,
     task: Task | None = None,
     max_steps: int | None = None,
+    report_only: bool = False,
 ) -> Reproduction:
     """Run (or resume) the set-up and write ``table2.md``, ``table2.{csv,json}``, ``table2_groups.{csv,json}``,
     ``table2_seeds.{csv,json}``, ``table2_hparams.{csv,json}`` and ``table2_groups.{png,pdf}`` into ``out_dir``.
@@ -655,6 +664,7 @@ def write_celeba(
         report=report,
         task=task,
         max_steps=max_steps,
+        report_only=report_only,
     )
     per_seed = seed_results(runs.metrics, runs.steps_per_epoch)
     if not per_seed:
@@ -670,6 +680,7 @@ def write_celeba(
         for (m, s), rows in runs.metrics.items()
         if not rows or rows[-1]["step"] < runs.total_steps[m]
     ]
+    incomplete += [f"{LABELS[m]} seed {s}: not started" for m, s in runs.missing]
     if incomplete:
         notes.insert(0, "INCOMPLETE runs (selected among the evaluations so far): " + "; ".join(incomplete) + ".")
 
