@@ -374,13 +374,20 @@ def seed_results(
     return out
 
 
+def _mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """:func:`selection.mean_std`, with no std (``None``) for a single seed rather than a misleading 0."""
+    mean, std = selection.mean_std(values)
+    return mean, (std if len(values) > 1 else None)
+
+
 def _paper(method: str, metric: str) -> tuple[float, float | None] | None:
     return (TABLE2.get(method) or {}).get(metric)
 
 
 def table2_rows(per_seed: Sequence[Mapping[str, Any]], confidence: float = 0.95) -> list[dict[str, Any]]:
-    """Table 2: one row per (method, rule), mean ± std over seeds, the paper's numbers and the difference in units
-    of the paper's std (``(ours - paper) / paper std``; empty where the paper gives no std or no number).
+    """Table 2: one row per (method, rule), mean ± std over seeds (std ``None`` for one seed), the paper's numbers
+    and the difference in units of the paper's std (``(ours - paper) / paper std``; ``None`` where the paper gives
+    no std or no number).
 
     ``worst_group_ci_low`` / ``_high``: the Clopper-Pearson interval of one run whose worst group (``n`` examples,
     the count of the group that is worst in most seeds) has the mean accuracy: how precisely a single run measures
@@ -391,8 +398,8 @@ def table2_rows(per_seed: Sequence[Mapping[str, Any]], confidence: float = 0.95)
         keys.setdefault((row["method"], row["selection"]), []).append(row)
     out = []
     for (method, rule), rows in keys.items():
-        worst_mean, worst_std = selection.mean_std([r["test_worst_group"] for r in rows])
-        average_mean, average_std = selection.mean_std([r["test_average"] for r in rows])
+        worst_mean, worst_std = _mean_std([r["test_worst_group"] for r in rows])
+        average_mean, average_std = _mean_std([r["test_average"] for r in rows])
         group = Counter(r["worst_group"] for r in rows).most_common(1)[0][0]
         n = next(r["worst_group_count"] for r in rows if r["worst_group"] == group)
         low, high = metrics.binomial_interval(round(worst_mean / 100 * n), n, confidence)
@@ -431,7 +438,7 @@ def group_rows(per_seed: Sequence[Mapping[str, Any]], group_names: Sequence[str]
     out = []
     for (method, rule), rows in keys.items():
         for name in group_names:
-            mean, std = selection.mean_std([r[f"test {name}"] for r in rows])
+            mean, std = _mean_std([r[f"test {name}"] for r in rows])
             out.append(
                 {
                     "method": method,
