@@ -187,7 +187,7 @@ def test_cpu_preset_overrides_the_paper_defaults_without_changing_them():
     assert (paper.hparams["optimizer"], paper.hparams["lr"], paper.hparams["model"]) == ("sgd", 1e-5, "resnet50")
     assert paper.hparams["pretrained"] is False and paper.data["resolution"] == 224
     quick = CelebASetup(quick=True).resolved()
-    assert quick.seeds == (0,) and quick.train_size == 2000
+    assert quick.seeds == (0,) and quick.train_size == 2000 and quick.data_options()["resolution"] == 32
     assert quick.config("jtt", 0, 2000).hparams["epochs"] == 2 + 2
     assert CelebASetup(quick=True, seeds=(0, 1, 2)).resolved().seeds == (0, 1, 2)
     with pytest.raises(ValueError, match="preset must be one of"):
