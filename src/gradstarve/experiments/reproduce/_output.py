@@ -31,3 +31,30 @@ def save_table(rows: Sequence[dict], out_dir: Path, stem: str) -> list[Path]:
         writer.writerows(rows)
     json_path.write_text(json.dumps(list(rows), indent=2) + "\n")
     return [csv_path, json_path]
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+    """A GitHub-flavoured markdown table of a list of flat dicts (columns: the keys of the first row; ``None`` and
+    NaN print empty; ``|`` in cells is escaped)."""
+    if not rows:
+        return "(no rows)"
+    columns = list(rows[0])
+
+    def cell(value: object) -> str:
+        if value is None or (isinstance(value, float) and value != value):
+            return ""
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_text(text: str, out_dir: Path, name: str) -> list[Path]:
+    """Write ``text`` to ``out_dir/name`` (e.g. a markdown report); return the path in a list."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / name
+    path.write_text(text)
+    return [path]
