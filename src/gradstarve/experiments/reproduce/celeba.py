@@ -743,3 +743,8 @@ def write_celeba(
         seconds=time.perf_counter() - start,
         files=files,
     )
+
+
+def reproduce(out_dir: Path | str, *, quick: bool = False, data_root: Path | str | None = None) -> Reproduction:
+    """The registry's entry point (``gradstarve reproduce``): Table 2 on the CPU preset, ``--quick`` for a smoke run."""
+    return write_celeba(out_dir, CelebASetup(quick=quick), data_root=data_root)
