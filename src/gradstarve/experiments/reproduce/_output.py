@@ -7,7 +7,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 from matplotlib.figure import Figure
+
+from gradstarve.experiments import tables
 
 
 def save_figure(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -34,22 +37,13 @@ def save_table(rows: Sequence[dict], out_dir: Path, stem: str) -> list[Path]:
 
 
 def markdown_table(rows: Sequence[dict]) -> str:
-    """A GitHub-flavoured markdown table of a list of flat dicts (columns: the keys of the first row; ``None`` and
-    NaN print empty; ``|`` in cells is escaped)."""
+    """A GitHub-flavoured markdown table of a list of flat dicts (columns: the keys of the first row), rendered by
+    :func:`gradstarve.experiments.tables.markdown_table`."""
     if not rows:
         return "(no rows)"
     columns = list(rows[0])
-
-    def cell(value: object) -> str:
-        if value is None or (isinstance(value, float) and value != value):
-            return ""
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    lines = ["| " + " | ".join(map(str, columns)) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
-    return "\n".join(lines)
+    frame = pd.DataFrame([[row.get(column) for column in columns] for row in rows], columns=columns, dtype=object)
+    return tables.markdown_table(frame).rstrip("\n")
 
 
 def save_text(text: str, out_dir: Path, name: str) -> list[Path]:
