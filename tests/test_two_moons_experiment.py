@@ -93,7 +93,10 @@ def test_reproduction_writes_figures_and_table(tmp_path):
     names = sorted(path.name for path in report.files)
     assert names == ["fig2.pdf", "fig2.png", "two_moons.csv", "two_moons.json"]
     assert [row["setting"] for row in report.rows] == ["nonseparable", "separable", "separable-sd"]
-    assert report.rows[0]["train_accuracy_mean"] < 1.0  # Δ < 0 is not separable
+    # A 500-unit net can interpolate the overlapping moons, so train accuracy says nothing here; the Fig. 2 message
+    # is in the margins: SD widens the separable run's margin (0.23 vs 0.11 at seed 0), overlap narrows it.
+    margin = {row["setting"]: row["margin_min_mean"] for row in report.rows}
+    assert margin["separable-sd"] > 1.5 * margin["separable"] > 1.5 * margin["nonseparable"]
 
 
 def test_bad_setting():
