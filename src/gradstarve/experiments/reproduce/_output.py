@@ -1,4 +1,4 @@
-"""Writing a recipe's outputs: figures as PNG + PDF, tables as CSV + JSON."""
+"""Writing a recipe's outputs: figures as PNG + PDF, tables as CSV + JSON or markdown."""
 
 from __future__ import annotations
 
@@ -31,3 +31,25 @@ def save_table(rows: Sequence[dict], out_dir: Path, stem: str) -> list[Path]:
         writer.writerows(rows)
     json_path.write_text(json.dumps(list(rows), indent=2) + "\n")
     return [csv_path, json_path]
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
+    """A GitHub-flavoured markdown table of flat dicts (values printed with ``str``; ``None`` as empty)."""
+    if not rows:
+        raise ValueError("no rows to format")
+    columns = list(columns or rows[0])
+
+    def cell(value: object) -> str:
+        return "" if value is None else str(value).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def save_markdown(text: str, out_dir: Path, stem: str) -> Path:
+    """Write ``text`` to ``out_dir/stem.md``; return the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{stem}.md"
+    path.write_text(text)
+    return path
