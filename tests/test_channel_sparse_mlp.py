@@ -24,10 +24,16 @@ def colour_layout(n: int, seed: int = 0, dtype: torch.dtype = torch.float32, bla
     return x.to(dtype)
 
 
-def pair(dtype: torch.dtype = torch.float32, hidden=(300, 300)) -> tuple[MLP, ChannelSparseMLP]:
+def pair(
+    dtype: torch.dtype = torch.float32, hidden=(300, 300), block_rows: int | None = 64
+) -> tuple[MLP, ChannelSparseMLP]:
+    """The plain MLP and ChannelSparseMLP with the same initialisation; the latter in blocks of ``block_rows`` rows
+    (float32 size; ``None``: one block)."""
     dense = MLP(392, hidden, 1, init="xavier", generator=torch.Generator().manual_seed(1)).to(dtype)
-    sparse = ChannelSparseMLP(2, 392, hidden, 1, init="xavier", generator=torch.Generator().manual_seed(1)).to(dtype)
-    return dense, sparse
+    block_bytes = None if block_rows is None else block_rows * max(hidden) * 4
+    generator = torch.Generator().manual_seed(1)
+    sparse = ChannelSparseMLP(2, 392, hidden, 1, init="xavier", generator=generator, block_bytes=block_bytes)
+    return dense, sparse.to(dtype)
 
 
 def forward_backward(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, list]:
@@ -44,9 +50,10 @@ def test_same_parameters_and_state_dict_as_mlp():
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("block_rows", [None, 64])
 @pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 2e-5), (torch.float64, 1e-12)])
-def test_outputs_and_gradients_equal_the_plain_mlp(dtype, rtol):
-    dense, sparse = pair(dtype)
+def test_outputs_and_gradients_equal_the_plain_mlp(dtype, rtol, block_rows):
+    dense, sparse = pair(dtype, block_rows=block_rows)
     x = colour_layout(500, dtype=dtype)
     y = (torch.arange(500) % 2).to(dtype)
     reference_out, reference_grads = forward_backward(dense, x, y)
@@ -77,7 +84,7 @@ def test_training_trajectory_equals_the_plain_mlp():
     """40 full-batch Adam steps in float64: parameters agree to 1e-10 relative. (In float32 one step agrees to
     rounding, see above, but a trajectory can separate wherever Adam's normalised first updates turn a gradient
     that is rounding noise into a full step of size lr: a property of float32 Adam, not of the model.)"""
-    dense, sparse = pair(torch.float64, hidden=(64, 64))
+    dense, sparse = pair(torch.float64, hidden=(64, 64), block_rows=100)
     x = colour_layout(400, seed=5, dtype=torch.float64)
     y = (torch.rand(400, generator=torch.Generator().manual_seed(6)) < 0.5).to(torch.float64)
     optimisers = [torch.optim.Adam(m.parameters(), lr=1e-3) for m in (dense, sparse)]
@@ -94,13 +101,27 @@ def test_other_inputs_take_the_dense_path_and_are_identical():
     dense, sparse = pair()
     gray = colour_layout(50).sum(1, keepdim=True).expand(50, 2, 14, 14) / 2
     for _ in range(3):
-        assert torch.equal(sparse(gray), dense(gray))  # same computation on the dense path
+        assert torch.equal(sparse(gray), dense(gray))  # same computation on the dense path (one block)
     assert sparse._grouping[2] is None
     sparse.eval()
     x = colour_layout(50)
     for _ in range(3):
         assert torch.equal(sparse(x), dense(x))  # evaluation never caches
     assert sparse._grouping[0] is not x
+    big = colour_layout(300).sum(1, keepdim=True).expand(300, 2, 14, 14) / 2  # dense path in 5 blocks of 64
+    torch.testing.assert_close(sparse(big), dense(big), rtol=2e-5, atol=1e-6)
+
+
+def test_block_rows_follow_the_precision_and_the_device():
+    model = ChannelSparseMLP(2, 392, (300, 300))
+    x = torch.zeros(10, 392)
+    assert model.block_rows(x) == 2048
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model.block_rows(x) == 4096  # half the bytes per value
+    assert model.block_rows(x.double()) == 1024
+    assert ChannelSparseMLP(2, 392, (300, 300), block_bytes=None).block_rows(x) is None
+    with pytest.raises(ValueError, match="block_bytes"):
+        ChannelSparseMLP(2, 392, block_bytes=0)
 
 
 def test_in_place_change_of_the_input_invalidates_the_cache():

@@ -23,6 +23,15 @@ trainer passes the same training tensor every step, so every step after the firs
 (eval mode) and inputs where some example has two non-zero channels (gray images: both channels ``image / 2``) take
 the plain dense path. Any input is therefore handled correctly; only the speed differs.
 
+Row blocks (CPU)
+----------------
+Rows are independent, so on the CPU the network runs on blocks of rows (``block_bytes`` of activations per hidden
+layer: 2,048 rows of 300 float32 values, 4,096 under bfloat16 autocast) instead of all 45,000 at once. A block's
+activations stay in the cache from one layer to the next, and the tall, thin matrix products run about 1.5 times
+faster in blocks than whole (measured: 45,000 x 300 x 300 at 95 GFLOP/s whole, 150 in blocks of 2,048, on 2
+cores). Each output row is computed exactly as before; only the sums over rows in the weight gradients are
+accumulated block by block (float rounding). On a GPU the whole batch is one block (one kernel per layer).
+
 The hidden ReLUs run in place (``nn.ReLU(inplace=True)``: the linear layers' backward does not need their outputs),
 which saves one allocation and pass per hidden layer; the numbers are identical.
 """
@@ -30,13 +39,16 @@ which saves one allocation and pass per hidden layer; the numbers are identical.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
 from gradstarve.models.mlp import MLP
+
+#: Activation bytes per hidden layer and row block on the CPU (2,048 rows of 300 float32 values).
+BLOCK_BYTES = 2048 * 300 * 4
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,16 @@ class ChannelGrouping:
 
     inputs: tuple[torch.Tensor, ...]
     inverse: torch.Tensor
+    _casts: dict[torch.dtype, tuple[torch.Tensor, ...]] = field(default_factory=dict, compare=False, repr=False)
+
+    def inputs_as(self, dtype: torch.dtype | None) -> tuple[torch.Tensor, ...]:
+        """:attr:`inputs` cast to ``dtype`` (``None``: as they are), cast once and kept: under autocast the cast of
+        the whole training set is then done once per run instead of once per step (the same values)."""
+        if dtype is None or dtype == self.inputs[0].dtype:
+            return self.inputs
+        if dtype not in self._casts:
+            self._casts[dtype] = tuple(rows.to(dtype) for rows in self.inputs)
+        return self._casts[dtype]
 
 
 def group_by_active_channel(x: torch.Tensor, channels: int) -> ChannelGrouping | None:
@@ -66,7 +88,7 @@ def group_by_active_channel(x: torch.Tensor, channels: int) -> ChannelGrouping |
     active = flat.ne(0).any(dim=2)
     if bool((active.sum(dim=1) > 1).any()):
         return None
-    channel = active.to(torch.int8).argmax(dim=1)  # rows with no active channel: 0 (their product is 0 anyway)
+    channel = active.long().argmax(dim=1)  # rows with no active channel: 0 (their product is 0 anyway)
     order = torch.argsort(channel, stable=True)
     counts = torch.bincount(channel, minlength=channels).tolist()
     inputs, start = [], 0
@@ -89,6 +111,8 @@ class ChannelSparseMLP(MLP):
             values (Colored MNIST: ``x`` of shape ``(n, 2, 14, 14)``, ``C = 2``).
         in_features, hidden, out_features, activation, init, generator, bias: as for ``MLP``. Dropout and batch
             normalisation are not supported (the paper's Colored MNIST model has neither).
+        block_bytes: activation bytes per hidden layer of one row block on the CPU (module docstring); ``None``:
+            no blocks.
     """
 
     def __init__(
@@ -101,13 +125,18 @@ class ChannelSparseMLP(MLP):
         bias: bool = True,
         init: str = "default",
         generator: torch.Generator | None = None,
+        block_bytes: int | None = BLOCK_BYTES,
     ) -> None:
         if isinstance(channels, bool) or not isinstance(channels, int) or channels < 1 or in_features % channels:
             raise ValueError(
                 f"channels must be a positive integer dividing in_features ({in_features}), got {channels!r}"
             )
         super().__init__(in_features, hidden, out_features, activation, bias=bias, init=init, generator=generator)
+        if block_bytes is not None and block_bytes < 1:
+            raise ValueError(f"block_bytes must be a positive number of bytes or None, got {block_bytes!r}")
         self.channels = channels
+        self.block_bytes = block_bytes
+        self.width = max((int(h) for h in hidden), default=out_features)
         for module in self.layers:
             if isinstance(module, nn.ReLU):
                 module.inplace = True
@@ -117,19 +146,34 @@ class ChannelSparseMLP(MLP):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(n, ...)`` -> ``(n, out_features)``, the plain MLP's function (see the module docstring)."""
         grouping = self._grouping_for(x)
+        block = self.block_rows(x)
         if grouping is None:
-            return super().forward(x)
+            if block is None or x.shape[0] <= block:
+                return super().forward(x)
+            return torch.cat([super(ChannelSparseMLP, self).forward(x[i : i + block]) for i in range(0, len(x), block)])
         first: nn.Linear = self.layers[0]
         width = first.in_features // self.channels
-        blocks = []
-        for c, rows in enumerate(grouping.inputs):
-            weight = first.weight[:, c * width : (c + 1) * width]
-            if first.bias is None:
-                blocks.append(rows @ weight.t())
-            else:
-                blocks.append(torch.addmm(first.bias, rows, weight.t()))
-        grouped = self.layers[1:](torch.cat(blocks))
-        return grouped.index_select(0, grouping.inverse)
+        device = x.device.type
+        reduced = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        outputs = []
+        for c, rows in enumerate(grouping.inputs_as(reduced)):
+            weight = first.weight[:, c * width : (c + 1) * width].t()
+            if reduced is not None:  # cast once per step, not once per block (autocast caches only whole leaves)
+                weight = weight.to(reduced)
+            step = block or max(1, rows.shape[0])
+            for start in range(0, rows.shape[0], step):
+                part = rows[start : start + step]
+                hidden = part @ weight if first.bias is None else torch.addmm(first.bias, part, weight)
+                outputs.append(self.layers[1:](hidden))
+        return torch.cat(outputs).index_select(0, grouping.inverse)
+
+    def block_rows(self, x: torch.Tensor) -> int | None:
+        """Rows per block for input ``x``: ``None`` (one block) off the CPU or without ``block_bytes``."""
+        if self.block_bytes is None or x.device.type != "cpu":
+            return None
+        reduced = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") in (torch.bfloat16, torch.half)
+        element = 2 if reduced else x.element_size()
+        return max(1, self.block_bytes // (self.width * element))
 
     def _grouping_for(self, x: torch.Tensor) -> ChannelGrouping | None:
         if not self.training:
