@@ -43,9 +43,10 @@ Fig. 4: accuracy and mean binary predictive entropy (nats, of σ(logit)) on the 
 environment (:func:`gradstarve.data.colored_mnist.build_fig4_variants`: gray/colour × digit/blank, one shared draw
 of labels and colours, the 10,000 test-environment images), evaluated at every evaluation step of every run.
 
-Cost: one full-batch step is about 39 GFLOP (45,000 examples, 392-300-300-1 MLP with the channel-sparse first layer
-of :class:`~gradstarve.models.channel_sparse_mlp.ChannelSparseMLP`); the full plan (10 seeds, every method, the λ
-search) is about 110,000 steps: hours on a 2-core CPU, minutes on a GPU (``scripts/gpu_colored_mnist.sh``).
+Cost: one full-batch step is 38.9 GFLOP (45,000 examples, 392-300-300-1 MLP with the channel-sparse first layer of
+:class:`~gradstarve.models.channel_sparse_mlp.ChannelSparseMLP`), 0.27 s on 2 CPU cores at float32 and 0.13 s at
+bfloat16 (``benchmarks/README.md``); the full plan (10 seeds, every method, the λ search) is about 110,000 steps:
+~8.5 hours at float32 on 2 cores, minutes on a GPU (``scripts/gpu_colored_mnist.sh``).
 """
 
 from __future__ import annotations
