@@ -32,3 +32,14 @@ def test_readme_opens_with_exactly_two_setup_commands_and_ci_runs_the_second():
     assert "gradstarve" in main_job and "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert "README.md" in ci  # .ci/run extracts and runs README's test command rather than a copy of it
+
+
+def test_readme_python_examples_run():
+    """The quick-start code in README.md runs as written (documentation that cannot rot silently)."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})  # our own documentation

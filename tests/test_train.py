@@ -101,3 +101,18 @@ def test_unknown_hyperparameter_and_bad_fields():
         load_task("imagenet")
     with pytest.raises(ValueError, match="precision"):
         train(config(precision="fp8"), "/tmp/unused")
+
+
+def test_feature_tracker_hooks_into_the_trainer(tmp_path):
+    """Issue 4's tracker as a trainer callback: z(t) recorded at the chosen steps, U fixed at initialisation."""
+    from gradstarve.analysis import FeatureTracker
+
+    run = config()
+    task = load_task("synthetic", {}, run.seed)
+    initial = task.build_model(run.hparams, torch.Generator().manual_seed(run.seed))
+    tracker = FeatureTracker(initial, task.train.x, task.train.signed_labels(), k=3, steps=[0, 4, 8, 12])
+    tracker(0)
+    train(run, tmp_path, task=task, callbacks=[tracker.callback])
+    history = tracker.history
+    assert history["step"].tolist() == [0, 4, 8, 12]
+    assert history["z1"].abs().iloc[-1] != pytest.approx(history["z1"].abs().iloc[0])  # the responses moved

@@ -88,7 +88,7 @@ def test_stochastic_settings_train(tmp_path):
 
 
 def test_reproduction_writes_figures_and_table(tmp_path):
-    config = MoonsReproduction(seeds=(0, 1), figures=(2,), quick=True)
+    config = MoonsReproduction(seeds=(0,), figures=(2,), quick=True)
     report = write_two_moons(tmp_path, config)
     names = sorted(path.name for path in report.files)
     assert names == ["fig2.pdf", "fig2.png", "two_moons.csv", "two_moons.json"]

@@ -202,8 +202,9 @@ class FeatureTracker:
         return z
 
     def callback(self, step: int, model: nn.Module) -> None:
-        """``(step, model)`` hook for training loops."""
-        self(step, model)
+        """``(step, model)`` hook for training loops; also accepts an algorithm (anything holding ``.model``), the
+        form :func:`gradstarve.experiments.train.train` passes its callbacks."""
+        self(step, getattr(model, "model", model))
 
     def record(self, step: int, logits: torch.Tensor | np.ndarray) -> np.ndarray:
         """Record ``z`` at ``step`` from logits already computed on the tracked examples (saves a forward pass)."""

@@ -323,8 +323,9 @@ def _override_rows(algorithm: str, dataset: str) -> dict[str, HParam]:
             "sd_schedule": HParam(
                 "paper_released",
                 Choice(("paper_released", "step", "linear")),
-                "the released schedule: nll + sd_coef·mean(ŷ²) before step 450, sd_coef·(mean(ŷ²) + nll) after, "
-                "which all but stops Adam after step 450 (see gradstarve.losses.sd_schedule)",
+                "the released schedule: nll + sd_coef·mean(ŷ²) before step 450 (≈ ERM), sd_coef·(mean(ŷ²) + nll) "
+                "after (the direction of Eq. 25 with λ = 2; Adam undoes most of the scale; see "
+                "gradstarve.losses.sd_schedule)",
                 source,
             ),
             "sd_anneal_steps": HParam(450, IntUniform(0, 1000), "anneal / warm-up steps", source),

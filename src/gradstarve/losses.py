@@ -56,10 +56,13 @@ def sd_schedule(step: int, schedule: SDSchedule = "constant", anneal_steps: int 
     * ``"linear"``: ramp the penalty in, ``(1, min(1, s / T))``.
     * ``"paper_released"``: the schedule of the paper's released Colored MNIST code. With ``sd_coef = λ/2`` it
       trains ``nll + sd_coef · mean(ŷ²)`` for ``s < T`` and ``sd_coef · (mean(ŷ²) + nll)`` from ``s = T`` on, i.e.
-      weights ``(1, 1)`` then ``(λ/2, 1)``. Multiplying the whole loss by the tiny ``sd_coef`` (2e-5) mostly
-      **freezes** Adam training after step ``T``: Adam is scale-invariant except through ``eps`` and through its
-      second-moment estimate, which remembers the unscaled gradients for thousands of steps (β2 = 0.999), so the
-      updates shrink by about ``sd_coef``. The released result is therefore close to "stop at step ``T``".
+      weights ``(1, 1)`` then ``(λ/2, 1)``. Before ``T`` this is ERM in all but name (sd_coef = 2e-5). From ``T`` on
+      the loss points in the direction of ``nll + mean(ŷ²)``, i.e. Eq. 25 with λ = 2, a *strong* penalty, scaled by
+      the tiny ``sd_coef``; Adam largely undoes that scale (it is invariant to a constant factor on the loss except
+      through ``eps`` and through its second-moment estimate, which remembers the unscaled phase for ~1/(1 - β2) =
+      1000 steps), so training goes on, at first with smaller steps. Measured with this package on Colored MNIST
+      (released hyperparameters, one seed, float32, CPU): test accuracy 13.7% at step 500, 47.9% at 1000, 66.7% at
+      1500 and 70.5% at 2000, train 69.7% (paper, Table 1: train 70.0%, test 68.4%).
 
     Args:
         step: the optimisation step, ``>= 0``.

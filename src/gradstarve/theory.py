@@ -231,6 +231,16 @@ def _kernel_weights(s: np.ndarray, penalty: str) -> np.ndarray:
     return s**2 if penalty == "weight_decay" else np.ones_like(s)
 
 
+def _barrier(alpha: np.ndarray, approx: bool) -> np.ndarray:
+    """The entropy term of the dual velocity: ``log((1-α)/α)`` (Eq. 17, 27) or ``-log α - α`` (Eq. 19)."""
+    return -np.log(alpha) - alpha if approx else np.log1p(-alpha) - np.log(alpha)
+
+
+def _barrier_curvature(alpha: np.ndarray, approx: bool) -> np.ndarray:
+    """Minus the derivative of :func:`_barrier`: ``1/(α(1-α))`` or ``1/α + 1`` (the diagonal of Eq. 41)."""
+    return 1.0 / alpha + 1.0 if approx else 1.0 / (alpha * (1.0 - alpha))
+
+
 def _response_from_alpha(alpha: np.ndarray, U: np.ndarray, w: np.ndarray, lam: float) -> np.ndarray:
     """``z = diag(w) U^T α / λ`` for a stack of α with shape (..., n)."""
     return (alpha @ U) * w / lam
@@ -322,10 +332,7 @@ def dual_velocity(
     alpha = _check_alpha(alpha, U.shape[0], approx=approx)
     eta = _check_positive("eta", eta)
     w = _kernel_weights(s, penalty)
-    coupling = U @ (w * (U.T @ alpha)) / lam
-    if approx:
-        return eta * (-np.log(alpha) - alpha - coupling)
-    return eta * (np.log1p(-alpha) - np.log(alpha) - coupling)
+    return eta * (_barrier(alpha, approx) - U @ (w * (U.T @ alpha)) / lam)
 
 
 def dual_objective(
@@ -595,8 +602,7 @@ def coupled_pair(delta: float) -> np.ndarray:
 # Jacobian and Thm. 1
 # --------------------------------------------------------------------------------------------------------------
 def _jacobian(alpha: np.ndarray, U: np.ndarray, w: np.ndarray, lam: float, eta: float, approx: bool) -> np.ndarray:
-    diagonal = 1.0 / alpha + 1.0 if approx else 1.0 / (alpha * (1.0 - alpha))
-    return -eta * (np.diag(diagonal) + (U * w) @ U.T / lam)
+    return -eta * (np.diag(_barrier_curvature(alpha, approx)) + (U * w) @ U.T / lam)
 
 
 def jacobian_at_fixed_point(
@@ -801,8 +807,7 @@ def dual_ascent(
     lowest = np.finfo(np.float64).tiny
     highest = np.inf if approx else 1.0 - np.finfo(np.float64).epsneg  # Eq. 19 has no barrier at 1
     for step in range(1, n_steps + 1):
-        barrier = -np.log(alpha) - alpha if approx else np.log1p(-alpha) - np.log(alpha)
-        alpha = np.clip(alpha + lr * (barrier - K @ alpha), lowest, highest)
+        alpha = np.clip(alpha + lr * (_barrier(alpha, approx) - K @ alpha), lowest, highest)
         path[step] = alpha
     return Trajectory(t=np.arange(n_steps + 1, dtype=np.float64), z=_response_from_alpha(path, U, w, lam), alpha=path)
 

@@ -46,6 +46,7 @@ import torch
 from torch.nn import functional
 
 from gradstarve.data.base import LabelledData
+from gradstarve.data.errors import CorruptDataError, MissingDataError
 from gradstarve.data.image_cache import cached_images, file_digest
 
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
@@ -115,12 +116,14 @@ HOW_TO_GET_CELEBA = (
 )
 
 
-class CelebAFormatError(ValueError):
-    """A CelebA label file is malformed; the message names the file and the line."""
+class CelebAFormatError(CorruptDataError):
+    """A CelebA label file is malformed; the message names the file and the line. A :class:`CorruptDataError`
+    (hence also a ``ValueError``)."""
 
 
-class CelebAFileNotFoundError(FileNotFoundError):
-    """A file that a CelebA root needs is missing; the message says which and how to get CelebA."""
+class CelebAFileNotFoundError(MissingDataError):
+    """A file that a CelebA root needs is missing; the message says which and how to get CelebA. A
+    :class:`MissingDataError` (hence also a ``FileNotFoundError``)."""
 
 
 @dataclass(frozen=True)

@@ -34,16 +34,18 @@ from PIL import Image, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from gradstarve.data.errors import CorruptDataError, MissingDataError
+
 #: Bumped whenever the preprocessing or the file layout changes, so that old caches are not reused.
 CACHE_FORMAT_VERSION = 1
 
 
-class ImageFileMissingError(FileNotFoundError):
-    """An image that the metadata lists is not on disk."""
+class ImageFileMissingError(MissingDataError):
+    """An image that the metadata lists is not on disk (a :class:`MissingDataError`, hence a ``FileNotFoundError``)."""
 
 
-class ImageDecodeError(ValueError):
-    """An image file exists but Pillow cannot decode it."""
+class ImageDecodeError(CorruptDataError):
+    """An image file exists but Pillow cannot decode it (a :class:`CorruptDataError`, hence a ``ValueError``)."""
 
 
 def default_cache_dir() -> Path:

@@ -12,7 +12,10 @@ dataset            splits and groups
                    ``fig4=True``; grayscale inputs (the oracle) with ``gray=True``; fewer images with ``n_train``,
                    ``n_test`` (quick runs); the model skips the empty colour channel
                    (:class:`~gradstarve.models.channel_sparse_mlp.ChannelSparseMLP`)
-``celeba``         train / val / test with the four (Blond_Hair, Male) groups; images at ``resolution``
+``celeba``         train / val / test with the four (Blond_Hair, Male) groups; images at ``resolution``; options
+                   ``preset`` (``cpu`` / ``paper``, :data:`gradstarve.models.resnet.PRESETS`), ``train_size`` (at
+                   most this many training images, a seeded random subset: quick runs), ``pretrained_weights`` (a local
+                   torchvision-format ImageNet checkpoint, required when ``hparams["pretrained"]`` is true)
 =================  ==================================================================================================
 """
 
@@ -152,7 +155,7 @@ def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int 
     if dataset == "celeba":
         from gradstarve.data.celeba import augment, load_celeba
         from gradstarve.data.paths import resolve_data_root
-        from gradstarve.models.resnet import PRESETS, build_resnet
+        from gradstarve.models.resnet import PRESETS, build_resnet, load_pretrained
 
         preset = options.get("preset", "cpu")
         if preset not in PRESETS:
@@ -167,13 +170,40 @@ def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int 
             progress=bool(options.get("progress", False)),
         )
 
+        train = splits["train"]
+        if options.get("train_size") is not None:
+            train = _random_subset(train, int(options["train_size"]), data_seed)
+        weights = options.get("pretrained_weights")
+
         def build(hparams: Mapping[str, Any], generator: torch.Generator) -> nn.Module:
-            return build_resnet(preset, out_features=1, generator=generator)
+            model = build_resnet(preset, out_features=1, generator=generator)
+            if hparams.get("pretrained", False):
+                if weights is None:
+                    raise ValueError(
+                        "hparams['pretrained'] is true but no ImageNet weights were given: pass the task option "
+                        "pretrained_weights=PATH (a torchvision-format checkpoint; nothing is downloaded), or set "
+                        "pretrained=False to train from scratch"
+                    )
+                load_pretrained(model, weights)
+            return model
 
         def flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
             return augment(x, generator)
 
-        return Task(
-            dataset, splits["train"], dict(splits), build, augment=flip if options.get("augment", True) else None
-        )
+        evaluation = {**splits, "train": train}
+        return Task(dataset, train, evaluation, build, augment=flip if options.get("augment", True) else None)
     raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(TASKS)}")
+
+
+def _random_subset(data: LabelledData, size: int, seed: int) -> LabelledData:
+    """At most ``size`` examples of ``data`` (all of them if it has fewer), drawn without replacement from a
+    generator seeded with ``seed``, in their original order (group counts shrink in proportion, up to noise)."""
+    if size < 1:
+        raise ValueError(f"train_size must be >= 1, got {size}")
+    if size >= len(data):
+        return data
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    subset = data.subset(index, name=f"{data.name}[{size}]")
+    counts = torch.bincount(subset.group, minlength=subset.n_groups).tolist()
+    subset.metadata.update(n=size, group_counts=dict(zip(subset.group_names, counts, strict=True)))
+    return subset

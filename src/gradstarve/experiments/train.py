@@ -237,6 +237,17 @@ def is_done(run_dir: Path) -> bool:
     return (Path(run_dir) / "done").exists()
 
 
+def check_run_folder(run_dir: Path, config: RunConfig) -> None:
+    """Raise ``ValueError`` if ``run_dir`` holds the ``config.json`` of another run (a hash collision, or a folder
+    renamed or edited by hand): its files must never be taken for ``config``'s."""
+    config_path = Path(run_dir) / "config.json"
+    if not config_path.exists():
+        return
+    identity = json.loads(json.dumps(config.identity(), default=_json_default))
+    if json.loads(config_path.read_text()) != identity:
+        raise ValueError(f"{run_dir} holds a different run (config.json differs); refusing to mix them")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The loop
 # --------------------------------------------------------------------------------------------------------------
@@ -312,14 +323,12 @@ def train(
         raise ValueError(f"eval_every must be >= 1, got {config.eval_every}")
     start_time = time.perf_counter()
     run_dir = Path(runs_root) / config.folder_name()
+    check_run_folder(run_dir, config)  # before the done check: a finished run of another config is not ours
     if is_done(run_dir):
         return RunResult(run_dir, config, read_metrics(run_dir), True, 0.0)
     run_dir.mkdir(parents=True, exist_ok=True)
-    config_path = run_dir / "config.json"
     identity = json.dumps(config.identity(), sort_keys=True, indent=2, default=_json_default)
-    if config_path.exists() and json.loads(config_path.read_text()) != json.loads(identity):
-        raise ValueError(f"{run_dir} holds a different run (config.json differs); refusing to mix them")
-    _atomic_write(config_path, lambda p: p.write_text(identity + "\n"))
+    _atomic_write(run_dir / "config.json", lambda p: p.write_text(identity + "\n"))
 
     if task is None:
         options = dict(config.data)

@@ -1,4 +1,4 @@
-"""Writing a recipe's outputs: figures as PNG + PDF, tables as CSV + JSON or markdown."""
+"""Writing a recipe's outputs: figures as PNG + PDF, tables as CSV + JSON."""
 
 from __future__ import annotations
 
@@ -7,7 +7,10 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
+import pandas as pd
 from matplotlib.figure import Figure
+
+from gradstarve.experiments import tables
 
 
 def save_figure(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
@@ -33,23 +36,19 @@ def save_table(rows: Sequence[dict], out_dir: Path, stem: str) -> list[Path]:
     return [csv_path, json_path]
 
 
-def markdown_table(rows: Sequence[dict], columns: Sequence[str] | None = None) -> str:
-    """A GitHub-flavoured markdown table of flat dicts (values printed with ``str``; ``None`` as empty)."""
+def markdown_table(rows: Sequence[dict]) -> str:
+    """A GitHub-flavoured markdown table of a list of flat dicts (columns: the keys of the first row), rendered by
+    :func:`gradstarve.experiments.tables.markdown_table`."""
     if not rows:
-        raise ValueError("no rows to format")
-    columns = list(columns or rows[0])
-
-    def cell(value: object) -> str:
-        return "" if value is None else str(value).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
-    lines += ["| " + " | ".join(cell(row.get(column)) for column in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+        return "(no rows)"
+    columns = list(rows[0])
+    frame = pd.DataFrame([[row.get(column) for column in columns] for row in rows], columns=columns, dtype=object)
+    return tables.markdown_table(frame).rstrip("\n")
 
 
-def save_markdown(text: str, out_dir: Path, stem: str) -> Path:
-    """Write ``text`` to ``out_dir/stem.md``; return the path."""
+def save_text(text: str, out_dir: Path, name: str) -> list[Path]:
+    """Write ``text`` to ``out_dir/name`` (e.g. a markdown report); return the path in a list."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{stem}.md"
+    path = out_dir / name
     path.write_text(text)
-    return path
+    return [path]

@@ -65,7 +65,7 @@ from matplotlib.figure import Figure
 
 from gradstarve.data.colored_mnist import FIG4_VARIANTS
 from gradstarve.data.errors import MissingDataError
-from gradstarve.experiments.reproduce._output import markdown_table, save_figure, save_markdown
+from gradstarve.experiments.reproduce._output import markdown_table, save_figure, save_text
 from gradstarve.experiments.reproduce.base import DataMissingError, Reproduction
 from gradstarve.experiments.reproduce.paper_numbers import FIG4_ACCURACY, FIG4_ENTROPY, TABLE1, difference_in_std
 from gradstarve.experiments.selection import mean_std, select_hyperparameters, select_step
@@ -608,7 +608,7 @@ def format_table1(rows: Sequence[Mapping[str, Any]]) -> str:
                     "step": "" if row["step_mean"] is None else f"{row['step_mean']:.0f}",
                 }
             )
-        sections.append(f"### {RULE_LABELS.get(rule, rule)}\n\n" + markdown_table(lines))
+        sections.append(f"### {RULE_LABELS.get(rule, rule)}\n\n" + markdown_table(lines) + "\n")
     return "\n".join(sections)
 
 
@@ -630,7 +630,7 @@ def format_fig4(rows: Sequence[Mapping[str, Any]]) -> str:
                     "entropy (paper)": "" if paper_ent is None else f"{paper_ent:.2f}",
                 }
             )
-        sections.append(f"### {RULE_LABELS.get(rule, rule)}\n\n" + markdown_table(lines))
+        sections.append(f"### {RULE_LABELS.get(rule, rule)}\n\n" + markdown_table(lines) + "\n")
     return "\n".join(sections)
 
 
@@ -654,7 +654,7 @@ def format_search(search: LambdaSearch) -> str:
             if flag
         )
         lines.append(line)
-    return markdown_table(lines)
+    return markdown_table(lines) + "\n"
 
 
 def format_precision(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -671,7 +671,7 @@ def format_precision(rows: Sequence[Mapping[str, Any]]) -> str:
         }
         for row in rows
     ]
-    return markdown_table(lines)
+    return markdown_table(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -881,19 +881,32 @@ def _write(
         frame.to_csv(path, index=False)
         files.append(path)
     notes = "".join(f"- {note}\n" for note in reproduction.notes)
-    files.append(
-        save_markdown(
-            f"# Table 1: Colored MNIST (accuracy %)\n\n{format_table1(table)}\n## Notes\n\n{notes}", out_dir, "table1"
-        )
-    )
+    text = f"# Table 1: Colored MNIST (accuracy %)\n\n{format_table1(table)}\n## Notes\n\n{notes}"
+    files.append(save_text(text, out_dir, "table1.md")[0])
     if fig4:
         text = f"# Fig. 4: Colored MNIST test variants\n\n{format_fig4(fig4)}"
-        files.append(save_markdown(text, out_dir, "fig4"))
+        files.append(save_text(text, out_dir, "fig4.md")[0])
         files += save_figure(plot_fig4(fig4), out_dir, "fig4")
     if search.rows:
         text = "# Plain Eq. 25: λ search (accuracy %)\n\n" + format_search(search)
-        files.append(save_markdown(text, out_dir, "sd_lambda_search"))
+        files.append(save_text(text, out_dir, "sd_lambda_search.md")[0])
     if precision:
         text = "# float32 vs bfloat16 (rule (a), seeds finished in both)\n\n" + format_precision(precision)
-        files.append(save_markdown(text, out_dir, "precision_check"))
+        files.append(save_text(text, out_dir, "precision_check.md")[0])
     return files
+
+
+def reproduce(out_dir: Path | str, *, quick: bool = False, data_root: Path | str | None = None) -> Reproduction:
+    """The registry's entry point (``gradstarve reproduce``): the full reproduction on the default device, or with
+    ``quick`` the few-minute smoke test (:meth:`ColoredMNISTSetup.quick_setup`), run on one CPU thread (restored
+    afterwards) because its small matrices gain nothing from more."""
+    if not quick:
+        return reproduce_colored_mnist(ColoredMNISTSetup(), out_dir, data_root=data_root, device="auto")
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return reproduce_colored_mnist(ColoredMNISTSetup.quick_setup(), out_dir, data_root=data_root, device="auto")
+    finally:
+        torch.set_num_threads(threads)

@@ -1,0 +1,213 @@
+"""Every reproduction of the paper by name, and running them all into one report (``gradstarve reproduce``).
+
+A recipe is a function ``recipe(out_dir: Path, *, quick: bool = False, data_root: Path | None = None,
+progress=None) -> Reproduction`` in a module of :mod:`gradstarve.experiments.reproduce`; it writes its files under
+``out_dir`` and raises :class:`~gradstarve.experiments.reproduce.base.DataMissingError` (clear message) when its
+data is absent. Recipes are imported lazily, by module path, so a recipe whose module is not there yet (or fails to
+import) is reported as "not available" rather than breaking the others. :func:`call_recipe` passes only the
+keyword arguments the function accepts (``out_dir`` / ``out`` / ``output_dir``, ``quick``, ``data_root``), so a
+recipe need not take all of them.
+
+=================  ========================================================  ========================================
+name               reproduces                                                 module:function
+=================  ========================================================  ========================================
+``fig6``           Fig. 6 (App. C), theory                                    ``adapters:fig6``
+``starvation``     Thm. 2 as a curve, theory                                  ``adapters:starvation``
+``two-moons``      Fig. 2-3                                                   ``adapters:two_moons``
+``colored-mnist``  Table 1 and Fig. 4 (needs MNIST)                           ``colored_mnist:reproduce``
+``celeba``         Table 2 (needs CelebA)                                     ``celeba:reproduce``
+=================  ========================================================  ========================================
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gradstarve.experiments.report import Skipped, write_report
+from gradstarve.experiments.reproduce.base import DataMissingError, Reproduction
+
+_PACKAGE = "gradstarve.experiments.reproduce"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A reproduction: ``name`` (its sub-folder of the output), what it reproduces, where its function lives
+    (``module`` relative to :mod:`gradstarve.experiments.reproduce`, ``functions`` tried in order) and which data
+    it needs (``None``: none). ``progress``: whether the function takes this registry's ``progress(name, done,
+    total)`` callback (other recipes are not offered one, whatever their own ``progress`` means)."""
+
+    name: str
+    title: str
+    module: str
+    functions: tuple[str, ...] = ("reproduce",)
+    data: str | None = None
+    progress: bool = False
+
+
+RECIPES: tuple[Recipe, ...] = (
+    Recipe("fig6", "Fig. 6: primal vs dual dynamics, weight decay vs Spectral Decoupling", "adapters", ("fig6",)),
+    Recipe("starvation", "Thm. 2: gradient starvation as a curve", "adapters", ("starvation",)),
+    Recipe("two-moons", "Fig. 2-3: two moons", "adapters", ("two_moons",), progress=True),
+    Recipe(
+        "colored-mnist",
+        "Table 1 and Fig. 4: Colored MNIST",
+        "colored_mnist",
+        ("reproduce", "reproduce_colored_mnist"),
+        "MNIST",
+    ),
+    Recipe("celeba", "Table 2: CelebA", "celeba", ("reproduce", "reproduce_celeba"), "CelebA"),
+)
+RECIPE_NAMES: tuple[str, ...] = tuple(recipe.name for recipe in RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    for recipe in RECIPES:
+        if recipe.name == name:
+            return recipe
+    raise ValueError(f"unknown reproduction {name!r}; known: {', '.join(RECIPE_NAMES)}")
+
+
+class RecipeUnavailableError(Exception):
+    """The recipe's module or function is not in this version of gradstarve."""
+
+
+def load_recipe(recipe: Recipe) -> Callable[..., Any]:
+    """The recipe's function; :class:`RecipeUnavailableError` if its module does not import or lacks the function."""
+    module_name = f"{_PACKAGE}.{recipe.module}"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise RecipeUnavailableError(f"{module_name} cannot be imported ({error})") from None
+    for name in recipe.functions:
+        function = getattr(module, name, None)
+        if callable(function):
+            return function
+    raise RecipeUnavailableError(f"{module_name} has none of the functions {', '.join(recipe.functions)}")
+
+
+_OUT_NAMES = ("out_dir", "out", "output_dir", "folder")
+
+
+def call_recipe(
+    function: Callable[..., Any],
+    out_dir: Path,
+    *,
+    quick: bool,
+    data_root: Path | None,
+    progress: Callable[..., None] | None = None,
+) -> Any:
+    """Call ``function`` with the arguments it accepts (see the module docstring)."""
+    parameters = inspect.signature(function).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    offered = {"quick": quick, "data_root": data_root, "progress": progress}
+    kwargs = {name: value for name, value in offered.items() if name in parameters or takes_any}
+    if progress is None:
+        kwargs.pop("progress", None)
+    out_name = next((name for name in _OUT_NAMES if name in parameters), None)
+    if out_name is not None:
+        kwargs[out_name] = out_dir
+        return function(**kwargs)
+    return function(out_dir, **kwargs)  # the first positional parameter, whatever its name
+
+
+def _is_data_missing(error: BaseException) -> bool:
+    from gradstarve.data.errors import MissingDataError
+
+    return isinstance(error, DataMissingError | MissingDataError)
+
+
+def run_recipe(
+    recipe: Recipe,
+    out_dir: Path,
+    *,
+    quick: bool = False,
+    data_root: Path | None = None,
+    progress: Callable[..., None] | None = None,
+) -> Reproduction | Skipped:
+    """Run one recipe into ``out_dir / recipe.name``; a :class:`Skipped` says why it did not produce a result."""
+    start = time.perf_counter()
+    try:
+        function = load_recipe(recipe)
+    except RecipeUnavailableError as error:
+        return Skipped(recipe.name, recipe.title, "not available", f"Not in this version of gradstarve: {error}.")
+    try:
+        result = call_recipe(
+            function,
+            Path(out_dir) / recipe.name,
+            quick=quick,
+            data_root=data_root,
+            progress=progress if recipe.progress else None,
+        )
+    except Exception as error:
+        seconds = time.perf_counter() - start
+        if _is_data_missing(error):
+            return Skipped(recipe.name, recipe.title, "data missing", str(error), seconds)
+        last = traceback.format_exception_only(type(error), error)[-1].strip()
+        return Skipped(recipe.name, recipe.title, "failed", last, seconds)
+    if not isinstance(result, Reproduction):
+        return Skipped(
+            recipe.name,
+            recipe.title,
+            "failed",
+            f"the recipe returned {type(result).__name__}, not a Reproduction",
+            time.perf_counter() - start,
+        )
+    if not result.seconds:
+        result.seconds = time.perf_counter() - start
+    return result
+
+
+@dataclass
+class ReproduceResult:
+    """What :func:`reproduce_all` did: the reproductions, the skipped parts, the report files and the wall time."""
+
+    reproductions: list[Reproduction]
+    skipped: list[Skipped]
+    report: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> list[Skipped]:
+        return [s for s in self.skipped if s.kind == "failed"]
+
+
+def reproduce_all(
+    out_dir: Path | str,
+    *,
+    quick: bool = False,
+    data_root: Path | str | None = None,
+    only: Sequence[str] | None = None,
+    on_event: Callable[[str, Recipe, Reproduction | Skipped | None], None] | None = None,
+    progress: Callable[..., None] | None = None,
+    command: str | None = None,
+) -> ReproduceResult:
+    """Run every recipe (or those named in ``only``, in registry order) and write ``report.md`` / ``report.html``.
+
+    ``on_event("started" | "finished", recipe, outcome)`` reports each recipe as it starts and ends. A recipe that
+    fails does not stop the others; it is listed in the report as failed.
+    """
+    recipes = list(RECIPES) if only is None else [get_recipe(name) for name in only]
+    if only is not None:
+        recipes = [recipe for recipe in RECIPES if recipe in recipes]
+    out_dir = Path(out_dir)
+    data_root = None if data_root is None else Path(data_root)
+    start = time.perf_counter()
+    reproductions: list[Reproduction] = []
+    skipped: list[Skipped] = []
+    for recipe in recipes:
+        if on_event is not None:
+            on_event("started", recipe, None)
+        outcome = run_recipe(recipe, out_dir, quick=quick, data_root=data_root, progress=progress)
+        (reproductions if isinstance(outcome, Reproduction) else skipped).append(outcome)
+        if on_event is not None:
+            on_event("finished", recipe, outcome)
+    seconds = time.perf_counter() - start
+    report = write_report(out_dir, reproductions, skipped, command=command, seconds=seconds)
+    return ReproduceResult(reproductions, skipped, report, seconds)
