@@ -34,6 +34,7 @@ Every update costs one forward and one backward pass of the model (LfF: of both 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -303,23 +304,28 @@ class Algorithm(nn.Module):
         total = objective.loss if l2 is None else objective.loss + l2
         if objective.scale != 1.0:
             total = total / objective.scale
-        loss_value = float(total.detach())
+        # One device-to-host copy for every logged tensor (each float() would be a synchronisation on a GPU).
+        logged = [total, objective.nll, *(t for t in (objective.penalty, l2) if t is not None)]
+        dtype = functools.reduce(torch.promote_types, [t.dtype for t in logged])
+        values = torch.stack([t.detach().to(dtype).reshape(()) for t in logged]).tolist()
+        loss_value, nll_value = values[0], values[1]
         if loss_value != loss_value or abs(loss_value) == float("inf"):
             raise FloatingPointError(
                 f"{type(self).__name__}: the loss is {loss_value} at step {self.num_updates} (nll "
-                f"{float(objective.nll.detach())}); lower the learning rate or the penalty weight"
+                f"{nll_value}); lower the learning rate or the penalty weight"
             )
         for optimizer in self.optimizers():
             optimizer.zero_grad(set_to_none=True)
         total.backward()
         for optimizer in self.optimizers():
             optimizer.step()
-        logs = {"loss": loss_value, "nll": float(objective.nll.detach()), "step": float(self.num_updates)}
+        logs = {"loss": loss_value, "nll": nll_value, "step": float(self.num_updates)}
+        rest = iter(values[2:])
         if objective.penalty is not None:
-            logs["penalty"] = float(objective.penalty.detach())
+            logs["penalty"] = next(rest)
             logs["penalty_weight"] = float(objective.penalty_weight)
         if l2 is not None:
-            logs["l2"] = float(l2.detach())
+            logs["l2"] = next(rest)
         logs.update(objective.logs)
         self.num_updates += 1
         return logs

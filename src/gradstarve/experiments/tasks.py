@@ -9,7 +9,9 @@ dataset            splits and groups
 ``synthetic``      two training environments of a tiny problem whose spurious feature flips at test time (tests)
 ``two-moons``      the Δ > 0 training set; the evaluation set is a fresh draw (``delta`` option)
 ``colored-mnist``  train (2 environments), ``val`` (held out of them, ``val_fraction``), test; Fig. 4 variants with
-                   ``fig4=True``; grayscale inputs (the oracle) with ``gray=True``
+                   ``fig4=True``; grayscale inputs (the oracle) with ``gray=True``; fewer images with ``n_train``,
+                   ``n_test`` (quick runs); the model skips the empty colour channel
+                   (:class:`~gradstarve.models.channel_sparse_mlp.ChannelSparseMLP`)
 ``celeba``         train / val / test with the four (Blond_Hair, Male) groups; images at ``resolution``; options
                    ``preset`` (``cpu`` / ``paper``, :data:`gradstarve.models.resnet.PRESETS`), ``train_size`` (at
                    most this many training images, a seeded random subset: quick runs), ``pretrained_weights`` (a local
@@ -30,6 +32,7 @@ from torch import nn
 
 from gradstarve.data.base import LabelledData
 from gradstarve.models import MLP
+from gradstarve.models.channel_sparse_mlp import ChannelSparseMLP
 
 TASKS: tuple[str, ...] = ("synthetic", "two-moons", "colored-mnist", "celeba")
 
@@ -63,6 +66,26 @@ class Task:
 def _mlp_builder(in_features: int) -> Callable[[Mapping[str, Any], torch.Generator], nn.Module]:
     def build(hparams: Mapping[str, Any], generator: torch.Generator) -> nn.Module:
         return MLP(
+            in_features,
+            tuple(hparams.get("hidden", (300, 300))),
+            1,
+            activation=hparams.get("activation", "relu"),
+            init=hparams.get("init", "default"),
+            generator=generator,
+        )
+
+    return build
+
+
+def _channel_sparse_builder(
+    channels: int, in_features: int
+) -> Callable[[Mapping[str, Any], torch.Generator], nn.Module]:
+    """Like :func:`_mlp_builder`, with a first layer that skips each example's all-zero channels (Colored MNIST):
+    the same function, parameters and initialisation, about 25 % less arithmetic per full-batch step."""
+
+    def build(hparams: Mapping[str, Any], generator: torch.Generator) -> nn.Module:
+        return ChannelSparseMLP(
+            channels,
             in_features,
             tuple(hparams.get("hidden", (300, 300))),
             1,
@@ -120,13 +143,15 @@ def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int 
             "seed": data_seed,
             "gray": bool(options.get("gray", False)),
         }
-        splits = colored_mnist(**common, val_fraction=float(options.get("val_fraction", 0.0)))
+        sizes = {key: int(options[key]) for key in ("n_train", "n_test") if options.get(key) is not None}
+        splits = colored_mnist(**common, **sizes, val_fraction=float(options.get("val_fraction", 0.0)))
         evaluation = dict(splits)
         if options.get("fig4", False):
-            variants = fig4_variants(data_root=common["data_root"], seed=data_seed)
+            variants = fig4_variants(data_root=common["data_root"], seed=data_seed, **sizes)
             evaluation.update({f"fig4/{name}": split for name, split in variants.items()})
-        in_features = math.prod(splits["train"].x.shape[1:])
-        return Task(dataset, splits["train"], evaluation, _mlp_builder(in_features), metadata=splits["train"].metadata)
+        channels, in_features = splits["train"].x.shape[1], math.prod(splits["train"].x.shape[1:])
+        build = _channel_sparse_builder(channels, in_features)
+        return Task(dataset, splits["train"], evaluation, build, metadata=splits["train"].metadata)
     if dataset == "celeba":
         from gradstarve.data.celeba import augment, load_celeba
         from gradstarve.data.paths import resolve_data_root

@@ -260,6 +260,20 @@ class RunResult:
     seconds: float
 
 
+#: Evaluation splits up to this size are kept on the accelerator for the whole run (Colored MNIST's: 0.2 GB).
+EVAL_ON_DEVICE_BYTES = 2**30
+
+
+def _evaluation_input(split: LabelledData, train: LabelledData, train_x: torch.Tensor, target: torch.device):
+    """The inputs to evaluate ``split`` on: the training tensor already on ``target`` for the training split, a
+    copy on ``target`` for small splits, else the host tensor (copied batch by batch by :func:`predict`)."""
+    if split is train or split.x is train.x:
+        return train_x
+    if target.type != "cpu" and split.x.element_size() * split.x.numel() <= EVAL_ON_DEVICE_BYTES:
+        return split.x.to(target)
+    return split.x
+
+
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -286,6 +300,7 @@ def train(
     task: Task | None = None,
     tensorboard: bool = False,
     max_steps: int | None = None,
+    eval_batch_size: int = 4096,
 ) -> RunResult:
     """Train ``config`` into ``runs_root/<config.folder_name()>`` (skipping it if done, resuming if checkpointed).
 
@@ -297,6 +312,10 @@ def train(
         task: an already loaded task (saves reloading data across runs of a sweep).
         tensorboard: also log the evaluation scalars to ``run_dir/tensorboard`` (needs the tensorboard package).
         max_steps: stop (without ``done``) after this many steps in this call: for tests of resuming.
+        eval_batch_size: examples per forward pass when evaluating (results do not depend on it).
+
+    On an accelerator the training tensors are moved to it once, and so is every evaluation split of at most
+    :data:`EVAL_ON_DEVICE_BYTES` (larger ones are copied batch by batch at each evaluation).
     """
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
@@ -355,13 +374,15 @@ def train(
     train_x = task.train.x.to(target)
     train_y, train_group = task.train.y.to(target), task.train.group.to(target)
     train_index = torch.arange(len(task.train), device=target)
+    eval_inputs = {name: _evaluation_input(split, task.train, train_x, target) for name, split in splits.items()}
     logged: dict[str, list[float]] = {}
 
     def evaluate_and_checkpoint(at_step: int) -> None:
         row: dict[str, Any] = {"step": at_step, "seconds": time.perf_counter() - start_time}
         row.update({f"train/{k}": float(np.mean(v)) for k, v in logged.items()})
         for name, split in splits.items():
-            result = evaluate_split(predict(algorithm, split.x, device=target), split)
+            logits = predict(algorithm, eval_inputs[name], batch_size=eval_batch_size, device=target)
+            result = evaluate_split(logits, split)
             row.update({f"{name}/{k}": v for k, v in result.items()})
         with (run_dir / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(row) + "\n")
