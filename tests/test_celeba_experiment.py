@@ -98,10 +98,13 @@ def test_every_method_runs_end_to_end_and_the_table_matches_the_runs(fake_root, 
     reproduction = write_celeba(tmp_path / "out", setup, data_root=fake_root, report=lines.append)
 
     assert reproduction.name == "celeba" and len(lines) == len(METHODS)
-    table = reproduction.tables["table2"]
+    table = reproduction.data["table2"]
     assert len(table) == 2 * len(METHODS)  # both selection rules for every method
     assert set(table["selection"]) == {"worst_group_validation", "average_validation"}
-    seeds = reproduction.tables["seeds"]
+    shown = reproduction.tables["Table 2 (ours beside the paper)"]
+    paper = dict(zip(shown["method"], shown["worst-group % (paper)"], strict=True))
+    assert len(shown) == len(table) and paper["ERM"] == "40.35 ± 1.68" and paper["JTT"] == "n/a"  # JTT: not in Table 2
+    seeds = reproduction.data["seeds"]
     test_counts = {GROUP_NAMES[2 * b + m]: c for (b, m), c in FAKE_COUNTS[2].items()}
     for row in seeds.to_dict("records"):
         for name, count in test_counts.items():
@@ -123,7 +126,7 @@ def test_every_method_runs_end_to_end_and_the_table_matches_the_runs(fake_root, 
     # a second call finds every run done and rebuilds the same table without training
     again = write_celeba(tmp_path / "out", setup, data_root=fake_root, report=lines.append)
     assert all("already done" in line for line in lines[len(METHODS) :])
-    assert again.tables["seeds"].equals(seeds)
+    assert again.data["seeds"].equals(seeds)
     # report only: reads what exists (seed 1 was never run) and says so
     partial = write_celeba(
         tmp_path / "partial",
@@ -132,7 +135,7 @@ def test_every_method_runs_end_to_end_and_the_table_matches_the_runs(fake_root, 
         data_root=fake_root,
         report_only=True,
     )
-    assert partial.tables["table2"]["seeds"].tolist() == [1, 1]
+    assert partial.data["table2"]["seeds"].tolist() == [1, 1]
     assert any("ERM seed 1: not started" in note for note in partial.notes)
     assert not (tmp_path / "out" / "runs" / setup.config("erm", 1, 24).folder_name()).exists()
 

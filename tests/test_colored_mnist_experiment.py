@@ -112,7 +112,7 @@ def _last_rows(runs_root, method, seeds=(0, 1)):
 def test_every_method_and_seed_finishes_and_is_tabulated(result):
     reproduction, _, events = result
     assert isinstance(reproduction, Reproduction) and reproduction.name == "colored-mnist"
-    table = reproduction.tables["table1"]
+    table = reproduction.data["table1"]
     for rule in ("last_step", "training_domain_validation"):
         rows = table[table.selection == rule]
         assert sorted(rows.method) == sorted(METHODS)
@@ -128,10 +128,14 @@ def test_every_method_and_seed_finishes_and_is_tabulated(result):
         assert {f"{stem}.md", f"{stem}.csv"} <= names
     assert {"fig4.png", "fig4.pdf"} <= names and all(path.exists() for path in reproduction.files)
     assert events and events[-1].step == events[-1].steps and events[-1].done_steps <= events[-1].total_steps
+    # what the report shows: one readable table per rule, ours beside the paper's (full rows stay in .data)
+    shown = reproduction.tables["Table 1, (a) fixed number of steps (paper's protocol)"].set_index("method")
+    assert shown.loc["ERM", "test (paper)"] == "23.7 ± 0.8" and "±" in shown.loc["ERM", "test acc. (ours)"]
+    assert shown.loc["ERM", "seeds"] == "2/2" and shown.loc["ERM", "Δ/σ test"].endswith("σ")
 
 
 def test_paper_columns_and_differences_in_paper_std(result):
-    table = result[0].tables["table1"]
+    table = result[0].data["table1"]
     for row in table.to_dict("records"):
         paper_key = METHODS[row["method"]].paper if row["method"] in METHODS else None
         if paper_key is None:
@@ -141,7 +145,7 @@ def test_paper_columns_and_differences_in_paper_std(result):
             mean, std = TABLE1[paper_key][split]
             assert row[f"paper_{split}_mean"] == mean and row[f"paper_{split}_std"] == std
             assert row[f"{split}_diff_in_paper_std"] == pytest.approx((row[f"{split}_mean"] - mean) / std)
-    fig4 = result[0].tables["fig4"]
+    fig4 = result[0].data["fig4"]
     erm = fig4[(fig4.method == "erm") & (fig4.selection == "last_step")].set_index("variant")
     assert erm.loc["color-digit", "paper_accuracy"] == FIG4_ACCURACY["erm"]["color-digit"]
     assert set(fig4.method) == {"erm", "sd", "sd_eq25", "irm"}
@@ -168,7 +172,7 @@ def test_finished_runs_are_skipped_and_report_only_rebuilds_the_same_tables(resu
     search = lambda_search(SETUP, out / "runs")
     assert train_planned(plan_runs(SETUP, search), out / "runs", data_root=data_root) == 0
     again = reproduce_colored_mnist(SETUP, out / "again", runs_root=out / "runs", train_runs=False)
-    assert again.tables["table1"].equals(reproduction.tables["table1"])
+    assert again.data["table1"].equals(reproduction.data["table1"])
 
 
 def test_shards_partition_the_plan():
@@ -184,7 +188,7 @@ def test_bfloat16_runs_and_matches_float32(result, data_root):
     out = result[1]
     bf16 = dataclasses.replace(SETUP, precision="bfloat16", methods=("erm", "irm"))
     reproduction = reproduce_colored_mnist(bf16, out / "bf16", runs_root=out / "runs", data_root=data_root)
-    check = reproduction.tables["precision_check"].set_index("method")
+    check = reproduction.data["precision_check"].set_index("method")
     assert set(check.index) == {"erm", "irm"} and (check.seeds == 2).all()
     assert (check.test_max_seed_abs_diff < 3.0).all() and (check.train_max_seed_abs_diff < 3.0).all()
 

@@ -513,7 +513,7 @@ def reproduce_celeba(
         "Δ",
     ):
         table.add_column(column, justify="left" if column in ("method", "selection") else "right")
-    frame = reproduction.tables["table2"]
+    frame = reproduction.data["table2"]
 
     def pm(mean, std) -> str:
         if mean is None or mean != mean:
@@ -636,7 +636,7 @@ def reproduce_colored_mnist(
         except DataMissingError as error:
             console.print(f"[red]error:[/red] {error}", soft_wrap=True)
             raise typer.Exit(1) from None
-    frame = result.tables["table1"]
+    frame = result.data["table1"]
     table = Table(title="Table 1, Colored MNIST: accuracy % (ours | paper, Δ in the paper's std)")
     for column in ("selection", "method", "seeds", "train", "paper", "Δ/σ", "test", "paper ", "Δ/σ "):
         table.add_column(column, justify="left" if column in ("selection", "method") else "right")

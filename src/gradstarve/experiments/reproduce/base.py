@@ -20,12 +20,14 @@ class Reproduction:
     Attributes:
         name: short id, e.g. ``"colored-mnist"``.
         title: what it reproduces, e.g. ``"Table 1 and Fig. 4: Colored MNIST"``.
-        tables: named tables; each shows our numbers with the paper's in adjacent columns where they exist, and the
-            difference in units of the paper's standard deviation.
+        tables: named tables for a reader (the report prints them): our numbers with the paper's in adjacent
+            columns where they exist, and the difference in units of the paper's standard deviation.
         figures: PNG files (a PDF beside each).
         notes: caveats a reader must know (selection rule, data subset, fewer seeds than the paper, ...).
         seconds: wall time of the recipe.
         files: every file written.
+        data: named machine-readable tables, every column of every row (also written as CSV); may be empty when
+            ``tables`` already holds everything.
     """
 
     name: str
@@ -35,3 +37,4 @@ class Reproduction:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     files: list[Path] = field(default_factory=list)
+    data: dict[str, pd.DataFrame] = field(default_factory=dict)

@@ -586,10 +586,10 @@ def _seeds(row: Mapping[str, Any]) -> str:
     return f"{done}/{planned}" + ("" if done == planned else " (fewer than planned)")
 
 
-def format_table1(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown of Table 1: one section per selection rule; ours beside the paper's, the difference in the paper's
-    std (``Δ/σ``), the seeds that finished."""
-    sections = []
+def table1_display(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    """Table 1 for a reader, one table per selection rule (keyed by the rule's label): ours beside the paper's, the
+    difference in the paper's std (``Δ/σ``), the seeds that finished. The diagnostic fixed-step rows go with (a)."""
+    sections = {}
     for rule in dict.fromkeys(row["selection"] for row in rows if not row["selection"].startswith("fixed")):
         lines = []
         for row in rows:
@@ -608,13 +608,19 @@ def format_table1(rows: Sequence[Mapping[str, Any]]) -> str:
                     "step": "" if row["step_mean"] is None else f"{row['step_mean']:.0f}",
                 }
             )
-        sections.append(f"### {RULE_LABELS.get(rule, rule)}\n\n" + markdown_table(lines) + "\n")
-    return "\n".join(sections)
+        sections[RULE_LABELS.get(rule, rule)] = lines
+    return sections
 
 
-def format_fig4(rows: Sequence[Mapping[str, Any]]) -> str:
-    """Markdown of Fig. 4's numbers: accuracy and entropy per variant, the paper's beside them."""
-    sections = []
+def format_table1(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown of Table 1 (:func:`table1_display`), one section per selection rule."""
+    return "\n".join(f"### {title}\n\n{markdown_table(lines)}\n" for title, lines in table1_display(rows).items())
+
+
+def fig4_display(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str, str]]]:
+    """Fig. 4's numbers for a reader, one table per selection rule: accuracy and entropy per variant, the paper's
+    beside them."""
+    sections = {}
     for rule in dict.fromkeys(row["selection"] for row in rows):
         lines = []
         for row in (r for r in rows if r["selection"] == rule):
@@ -623,18 +629,24 @@ def format_fig4(rows: Sequence[Mapping[str, Any]]) -> str:
                 {
                     "method": METHODS[row["method"]].label.split(" (")[0],
                     "variant": row["variant"],
-                    "seeds": row["seeds_finished"],
+                    "seeds": str(row["seeds_finished"]),
                     "accuracy % (ours)": _pm(row["accuracy_mean"], row["accuracy_std"]),
                     "accuracy % (paper)": "" if paper_acc is None else f"{paper_acc:.1f}",
                     "entropy nats (ours)": _pm(row["entropy_mean"], row["entropy_std"], 2),
                     "entropy (paper)": "" if paper_ent is None else f"{paper_ent:.2f}",
                 }
             )
-        sections.append(f"### {RULE_LABELS.get(rule, rule)}\n\n" + markdown_table(lines) + "\n")
-    return "\n".join(sections)
+        sections[RULE_LABELS.get(rule, rule)] = lines
+    return sections
 
 
-def format_search(search: LambdaSearch) -> str:
+def format_fig4(rows: Sequence[Mapping[str, Any]]) -> str:
+    """Markdown of Fig. 4's numbers (:func:`fig4_display`), one section per selection rule."""
+    return "\n".join(f"### {title}\n\n{markdown_table(lines)}\n" for title, lines in fig4_display(rows).items())
+
+
+def search_display(search: LambdaSearch) -> list[dict[str, str]]:
+    """The plain Eq. 25 λ search for a reader: one line per λ, which λ each rule chose."""
     lines = []
     for row in search.rows:
         line = {"λ": f"{row['sd_lam']:g}", "seeds": f"{row['seeds_finished']}/{row['seeds_planned']}"}
@@ -654,11 +666,16 @@ def format_search(search: LambdaSearch) -> str:
             if flag
         )
         lines.append(line)
-    return markdown_table(lines) + "\n"
+    return lines
 
 
-def format_precision(rows: Sequence[Mapping[str, Any]]) -> str:
-    lines = [
+def format_search(search: LambdaSearch) -> str:
+    return markdown_table(search_display(search)) + "\n"
+
+
+def precision_display(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]:
+    """float32 against bfloat16 on the seeds finished in both, for a reader."""
+    return [
         {
             "method": METHODS[row["method"]].label.split(" (")[0],
             "seeds": row["seeds"],
@@ -671,7 +688,10 @@ def format_precision(rows: Sequence[Mapping[str, Any]]) -> str:
         }
         for row in rows
     ]
-    return markdown_table(lines) + "\n"
+
+
+def format_precision(rows: Sequence[Mapping[str, Any]]) -> str:
+    return markdown_table(precision_display(rows)) + "\n"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -849,16 +869,23 @@ def reproduce_colored_mnist(
     fig4 = fig4_rows(setup, runs_root, search)
     precision = precision_rows(setup, runs_root, search)
     notes = _notes(setup, search, table, device)
+    shown = {f"Table 1, {title}": lines for title, lines in table1_display(table).items()}
+    shown.update({f"Fig. 4, {title}": lines for title, lines in fig4_display(fig4).items()})
+    if search.rows:
+        shown["plain Eq. 25: λ search"] = search_display(search)
+    if precision:
+        shown["float32 vs bfloat16"] = precision_display(precision)
     reproduction = Reproduction(
         name="colored-mnist",
         title="Table 1 and Fig. 4: Colored MNIST",
-        tables={"table1": pd.DataFrame(table), "fig4": pd.DataFrame(fig4)},
+        tables={title: pd.DataFrame(lines) for title, lines in shown.items() if lines},
+        data={"table1": pd.DataFrame(table), "fig4": pd.DataFrame(fig4)},
         notes=notes,
     )
     if search.rows:
-        reproduction.tables["sd_lambda_search"] = pd.DataFrame(search.rows)
+        reproduction.data["sd_lambda_search"] = pd.DataFrame(search.rows)
     if precision:
-        reproduction.tables["precision_check"] = pd.DataFrame(precision)
+        reproduction.data["precision_check"] = pd.DataFrame(precision)
     if shard is None:
         reproduction.files += _write(reproduction, out_dir, table, fig4, search, precision)
         reproduction.figures = [path for path in reproduction.files if path.suffix == ".png"]
@@ -876,7 +903,7 @@ def _write(
 ) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
-    for name, frame in reproduction.tables.items():
+    for name, frame in reproduction.data.items():
         path = out_dir / f"{name}.csv"
         frame.to_csv(path, index=False)
         files.append(path)
