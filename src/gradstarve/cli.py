@@ -103,6 +103,16 @@ def _print_files(files: list[Path], seconds: float) -> None:
     console.print(f"[green]wrote[/green] {', '.join(str(path) for path in files)}  ({seconds:.1f} s)")
 
 
+def _print_frame(frame, title: str, text_columns: tuple[str, ...] = ("method", "selection")) -> None:
+    """A recipe's display table (strings, :attr:`Reproduction.tables`) as a rich table."""
+    table = Table(title=title)
+    for column in frame.columns:
+        table.add_column(str(column), justify="left" if column in text_columns else "right")
+    for row in frame.itertuples(index=False):
+        table.add_row(*(str(value) for value in row))
+    console.print(table)
+
+
 @theory_app.command("fig6")
 def theory_fig6(
     out: Path = typer.Option(Path("outputs/theory"), "--out", help="Folder for fig6.{png,pdf,csv,json}."),
@@ -499,44 +509,8 @@ def reproduce_celeba(
     except (DataMissingError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
         raise typer.Exit(1) from None
-    table = Table(title=reproduction.title + " (%; Δ in paper std units)")
-    for column in (
-        "method",
-        "selection",
-        "seeds",
-        "worst group",
-        "95% CI (one run)",
-        "paper",
-        "Δ",
-        "average",
-        "paper",
-        "Δ",
-    ):
-        table.add_column(column, justify="left" if column in ("method", "selection") else "right")
-    frame = reproduction.data["table2"]
-
-    def pm(mean, std) -> str:
-        if mean is None or mean != mean:
-            return "n/a"
-        return f"{mean:.2f}" if std is None or std != std else f"{mean:.2f} ± {std:.2f}"
-
-    def units(value) -> str:
-        return "" if value is None or value != value else f"{value:+.1f}"
-
-    for row in frame.to_dict("records"):
-        table.add_row(
-            row["label"],
-            row["selection"].replace("_validation", ""),
-            str(row["seeds"]),
-            pm(row["worst_group_mean"], row["worst_group_std"]),
-            f"[{row['worst_group_ci_low']:.1f}, {row['worst_group_ci_high']:.1f}] n={row['worst_group_n']}",
-            pm(row["paper_worst_group"], row["paper_worst_group_std"]),
-            units(row["worst_group_diff_in_paper_std"]),
-            pm(row["average_mean"], row["average_std"]),
-            pm(row["paper_average"], row["paper_average_std"]),
-            units(row["average_diff_in_paper_std"]),
-        )
-    console.print(table)
+    shown = reproduction.tables["Table 2 (ours beside the paper)"]
+    _print_frame(shown, reproduction.title + " (%; Δ in paper std units)")
     for note in reproduction.notes:
         console.print(f"- {note}", soft_wrap=True)
     _print_files([path for path in reproduction.files if path.suffix in (".md", ".png", ".csv")], reproduction.seconds)
@@ -636,33 +610,9 @@ def reproduce_colored_mnist(
         except DataMissingError as error:
             console.print(f"[red]error:[/red] {error}", soft_wrap=True)
             raise typer.Exit(1) from None
-    frame = result.data["table1"]
-    table = Table(title="Table 1, Colored MNIST: accuracy % (ours | paper, Δ in the paper's std)")
-    for column in ("selection", "method", "seeds", "train", "paper", "Δ/σ", "test", "paper ", "Δ/σ "):
-        table.add_column(column, justify="left" if column in ("selection", "method") else "right")
-
-    def pm(mean: float, std: float) -> str:
-        return "n/a" if mean != mean else f"{mean:.1f} ± {std:.1f}"
-
-    def paper(mean: float | None, std: float | None) -> str:
-        return "" if mean is None or mean != mean else f"{mean:.1f} ± {std:.1f}"
-
-    def sigma(value: float | None) -> str:
-        return "" if value is None or value != value else f"{value:+.1f}"
-
-    for row in frame.to_dict("records"):
-        table.add_row(
-            row["selection"].replace("training_domain_validation", "validation"),
-            row["label"],
-            f"{row['seeds_finished']}/{row['seeds_planned']}",
-            pm(row["train_mean"], row["train_std"]),
-            paper(row["paper_train_mean"], row["paper_train_std"]),
-            sigma(row["train_diff_in_paper_std"]),
-            pm(row["test_mean"], row["test_std"]),
-            paper(row["paper_test_mean"], row["paper_test_std"]),
-            sigma(row["test_diff_in_paper_std"]),
-        )
-    console.print(table)
+    for title, frame in result.tables.items():
+        if title.startswith("Table 1"):
+            _print_frame(frame, f"Colored MNIST {title}: accuracy %, ours beside the paper")
     for note in result.notes:
         console.print(f"- {note}", soft_wrap=True)
     if result.files:
