@@ -63,36 +63,19 @@ class Task:
         return self.train.n_groups
 
 
-def _mlp_builder(in_features: int) -> Callable[[Mapping[str, Any], torch.Generator], nn.Module]:
-    def build(hparams: Mapping[str, Any], generator: torch.Generator) -> nn.Module:
-        return MLP(
-            in_features,
-            tuple(hparams.get("hidden", (300, 300))),
-            1,
-            activation=hparams.get("activation", "relu"),
-            init=hparams.get("init", "default"),
-            generator=generator,
-        )
-
-    return build
-
-
-def _channel_sparse_builder(
-    channels: int, in_features: int
+def _mlp_builder(
+    in_features: int, channels: int | None = None
 ) -> Callable[[Mapping[str, Any], torch.Generator], nn.Module]:
-    """Like :func:`_mlp_builder`, with a first layer that skips each example's all-zero channels (Colored MNIST):
-    the same function, parameters and initialisation, about 25 % less arithmetic per full-batch step."""
+    """The MLP of ``hparams`` (``hidden``, ``activation``, ``init``) with one output. With ``channels`` (Colored
+    MNIST), a :class:`ChannelSparseMLP` whose first layer skips each example's all-zero channels: the same function,
+    parameters and initialisation, about 25 % less arithmetic per full-batch step."""
 
     def build(hparams: Mapping[str, Any], generator: torch.Generator) -> nn.Module:
-        return ChannelSparseMLP(
-            channels,
-            in_features,
-            tuple(hparams.get("hidden", (300, 300))),
-            1,
-            activation=hparams.get("activation", "relu"),
-            init=hparams.get("init", "default"),
-            generator=generator,
-        )
+        shape = (in_features, tuple(hparams.get("hidden", (300, 300))), 1)
+        options = {"activation": hparams.get("activation", "relu"), "init": hparams.get("init", "default")}
+        if channels is None:
+            return MLP(*shape, **options, generator=generator)
+        return ChannelSparseMLP(channels, *shape, **options, generator=generator)
 
     return build
 
@@ -150,7 +133,7 @@ def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int 
             variants = fig4_variants(data_root=common["data_root"], seed=data_seed, **sizes)
             evaluation.update({f"fig4/{name}": split for name, split in variants.items()})
         channels, in_features = splits["train"].x.shape[1], math.prod(splits["train"].x.shape[1:])
-        build = _channel_sparse_builder(channels, in_features)
+        build = _mlp_builder(in_features, channels)
         return Task(dataset, splits["train"], evaluation, build, metadata=splits["train"].metadata)
     if dataset == "celeba":
         from gradstarve.data.celeba import augment, load_celeba
