@@ -145,6 +145,12 @@ class BatchedMLP(nn.Module):
         h = x.reshape(self.n_models, x.shape[1], -1)
         last = len(self.weights) - 1
         for layer, weight in enumerate(self.weights):
+            if layer == last and weight.shape[1] == 1:
+                # one output: a weighted sum over the last hidden layer. As a batched product it is a degenerate
+                # (n x d) @ (d x 1) whose backward (an outer product and a transposed matrix-vector product) ran
+                # ~1.4x slower per step than this broadcast (two moons, 10 x 300 x 500, 2 threads)
+                h = (h * weight).sum(-1, keepdim=True)
+                return h + self.biases[layer].unsqueeze(1) if self.has_bias else h
             transposed = weight.transpose(1, 2)
             if self.has_bias:
                 h = torch.baddbmm(self.biases[layer].unsqueeze(1), h, transposed)
