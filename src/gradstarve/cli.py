@@ -103,11 +103,20 @@ def _print_files(files: list[Path], seconds: float) -> None:
     console.print(f"[green]wrote[/green] {', '.join(str(path) for path in files)}  ({seconds:.1f} s)")
 
 
-def _print_frame(frame, title: str, text_columns: tuple[str, ...] = ("method", "selection")) -> None:
-    """A recipe's display table (strings, :attr:`Reproduction.tables`) as a rich table."""
+def _print_frame(
+    frame,
+    title: str,
+    text_columns: tuple[str, ...] = ("method", "selection"),
+    no_wrap: tuple[str, ...] = (),
+    headers: dict[str, str] | None = None,
+) -> None:
+    """A table of display strings (e.g. :attr:`Reproduction.tables`) as a rich table: ``text_columns`` left-aligned,
+    the others right-aligned, ``no_wrap`` columns never wrapped, ``headers`` renaming columns for the screen."""
     table = Table(title=title)
     for column in frame.columns:
-        table.add_column(str(column), justify="left" if column in text_columns else "right")
+        header = (headers or {}).get(column, str(column))
+        justify = "left" if column in text_columns else "right"
+        table.add_column(header, justify=justify, no_wrap=column in no_wrap)
     for row in frame.itertuples(index=False):
         table.add_row(*(str(value) for value in row))
     console.print(table)
@@ -929,14 +938,12 @@ def sweep_collect(
     except ValueError as error:
         raise _sweep_error(error) from None
     for title, frame in results.display_tables().items():
-        table = Table(title=f"{title}; accuracy in %")
-        for column in frame.columns:
-            header = str(column).replace("/worst_group_accuracy", " worst group").replace("/accuracy", "")
-            names = ("dataset", "algorithm", "hparams")
-            table.add_column(header, justify="left" if column in names else "right", no_wrap=column in names[:2])
-        for row in frame.itertuples(index=False):
-            table.add_row(*(str(value) for value in row))
-        console.print(table)
+        headers = {
+            column: str(column).replace("/worst_group_accuracy", " worst group").replace("/accuracy", "")
+            for column in frame.columns
+        }
+        names = ("dataset", "algorithm", "hparams")
+        _print_frame(frame, f"{title}; accuracy in %", text_columns=names, no_wrap=names[:2], headers=headers)
     for note in results.notes:
         console.print(f"[yellow]note:[/yellow] {note}", soft_wrap=True)
     console.print(f"[green]wrote[/green] {', '.join(str(path) for path in results.files)}", soft_wrap=True)
