@@ -9,8 +9,10 @@ dataset            splits and groups
 ``synthetic``      two training environments of a tiny problem whose spurious feature flips at test time (tests)
 ``two-moons``      the Δ > 0 training set; the evaluation set is a fresh draw (``delta`` option)
 ``colored-mnist``  train (2 environments), ``val`` (held out of them, ``val_fraction``), test; Fig. 4 variants with
-                   ``fig4=True``; grayscale inputs (the oracle) with ``gray=True``; fewer images with ``n_train``,
-                   ``n_test`` (quick runs); the model skips the empty colour channel
+                   ``fig4=True``; grayscale inputs with ``gray=True`` (both channels ``image / 2``); the channel
+                   sum with ``merge_channels=True`` (``(n, 1, 14, 14)``, a 196-input MLP: the IRM reference's
+                   ``--grayscale_model``, Table 1's oracle); fewer images with ``n_train``, ``n_test`` (quick
+                   runs); two-channel models skip the empty colour channel
                    (:class:`~gradstarve.models.channel_sparse_mlp.ChannelSparseMLP`)
 ``celeba``         train / val / test with the four (Blond_Hair, Male) groups; images at ``resolution``; options
                    ``preset`` (``cpu`` / ``paper``, :data:`gradstarve.models.resnet.PRESETS`), ``train_size`` (at
@@ -119,7 +121,7 @@ def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int 
         evaluation = {"train": train, "test": two_moons(n=1000, delta=delta, seed=data_seed + 10_000)}
         return Task(dataset, train, evaluation, _mlp_builder(2))
     if dataset == "colored-mnist":
-        from gradstarve.data.colored_mnist import colored_mnist, fig4_variants
+        from gradstarve.data.colored_mnist import colored_mnist, fig4_variants, merge_channels
 
         common = {
             "data_root": options.get("data_root"),
@@ -132,9 +134,12 @@ def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int 
         if options.get("fig4", False):
             variants = fig4_variants(data_root=common["data_root"], seed=data_seed, **sizes)
             evaluation.update({f"fig4/{name}": split for name, split in variants.items()})
-        channels, in_features = splits["train"].x.shape[1], math.prod(splits["train"].x.shape[1:])
-        build = _mlp_builder(in_features, channels)
-        return Task(dataset, splits["train"], evaluation, build, metadata=splits["train"].metadata)
+        if options.get("merge_channels", False):  # the IRM reference's --grayscale_model: a 196-input MLP
+            evaluation = {name: merge_channels(split) for name, split in evaluation.items()}
+        train = evaluation["train"]
+        channels, in_features = train.x.shape[1], math.prod(train.x.shape[1:])
+        build = _mlp_builder(in_features, channels if channels > 1 else None)
+        return Task(dataset, train, evaluation, build, metadata=train.metadata)
     if dataset == "celeba":
         from gradstarve.data.celeba import augment, load_celeba
         from gradstarve.data.paths import resolve_data_root

@@ -16,12 +16,13 @@ float32 rounding (tests: outputs and gradients to 1e-5 relative, and a short tra
 
 When the fast path is used
 --------------------------
-Finding each example's channel and gathering the rows costs one pass over ``x`` (and two host synchronisations), so
-it is done once per input tensor and cached: the second time ``forward`` sees the *same tensor object* (unchanged
-since, by its version counter) in training mode, it builds the grouping and uses it from then on. A full-batch
-trainer passes the same training tensor every step, so every step after the first is fast; mini-batches, evaluation
-(eval mode) and inputs where some example has two non-zero channels (gray images: both channels ``image / 2``) take
-the plain dense path. Any input is therefore handled correctly; only the speed differs.
+Finding each example's channel and gathering the rows costs one pass over ``x`` (and two host synchronisations).
+In training mode every input is grouped, and the grouping of the last input is cached: while ``forward`` sees the
+*same tensor object* (unchanged since, by its version counter), it reuses it, so a full-batch trainer pays the pass
+once per process. Which path a step takes depends only on the input and the mode, never on what the model saw
+before, so a run resumed in a new process computes exactly what the uninterrupted run computed. Evaluation (eval
+mode) and inputs where some example has two non-zero channels (gray images: both channels ``image / 2``) take the
+plain dense path. Any input is therefore handled correctly; only the speed differs.
 
 Row blocks (CPU)
 ----------------
@@ -140,7 +141,6 @@ class ChannelSparseMLP(MLP):
         for module in self.layers:
             if isinstance(module, nn.ReLU):
                 module.inplace = True
-        self._seen: tuple[torch.Tensor, int] | None = None
         self._grouping: tuple[torch.Tensor, int, ChannelGrouping | None] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -182,17 +182,13 @@ class ChannelSparseMLP(MLP):
         cached = self._grouping
         if cached is not None and cached[0] is x and cached[1] == version:
             return cached[2]
-        seen = self._seen
-        if seen is not None and seen[0] is x and seen[1] == version:  # the second call with this tensor: cache it
-            grouping = group_by_active_channel(x.detach(), self.channels)
-            self._grouping, self._seen = (x, version, grouping), None
-            return grouping
-        self._seen = (x, version)
-        return None
+        grouping = group_by_active_channel(x.detach(), self.channels)
+        self._grouping = (x, version, grouping)
+        return grouping
 
     def __getstate__(self) -> dict[str, Any]:
         # Copies (deepcopy, pickling) must not drag the cached input along.
         parent = getattr(super(), "__getstate__", None)  # nn.Module's, or object's (Python >= 3.11)
         state = dict(parent() if parent is not None else self.__dict__)
-        state["_seen"], state["_grouping"] = None, None
+        state["_grouping"] = None
         return state

@@ -13,6 +13,7 @@ name               reproduces                                                 mo
 =================  ========================================================  ========================================
 ``fig6``           Fig. 6 (App. C), theory                                    ``adapters:fig6``
 ``starvation``     Thm. 2 as a curve, theory                                  ``adapters:starvation``
+``legendre``       Fig. 5 and Table 4 (App. B.1), theory                      ``legendre:reproduce``
 ``two-moons``      Fig. 2-3                                                   ``adapters:two_moons``
 ``colored-mnist``  Table 1 and Fig. 4 (needs MNIST)                           ``colored_mnist:reproduce``
 ``celeba``         Table 2 (needs CelebA)                                     ``celeba:reproduce``
@@ -54,6 +55,7 @@ class Recipe:
 RECIPES: tuple[Recipe, ...] = (
     Recipe("fig6", "Fig. 6: primal vs dual dynamics, weight decay vs Spectral Decoupling", "adapters", ("fig6",)),
     Recipe("starvation", "Thm. 2: gradient starvation as a curve", "adapters", ("starvation",)),
+    Recipe("legendre", "Fig. 5 and Table 4: Legendre duals of margin losses", "legendre"),
     Recipe("two-moons", "Fig. 2-3: two moons", "adapters", ("two_moons",), progress=True),
     Recipe(
         "colored-mnist",
