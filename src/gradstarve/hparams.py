@@ -27,9 +27,10 @@ Spectral Decoupling's ``sd_lam`` is the λ of Eq. 25 with both terms averaged ov
 from __future__ import annotations
 
 import copy
+import difflib
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -462,6 +463,58 @@ def default_hparams(algorithm: str, dataset: str) -> dict[str, Any]:
 def _generator(seed: int, name: str) -> np.random.Generator:
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "None"
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | np.integer):
+        return "int"
+    if isinstance(value, float | np.floating):
+        return "float"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, list | tuple):
+        return "list"
+    return type(value).__name__
+
+
+def accepted_kinds(algorithm: str, dataset: str | None = None) -> dict[str, set[str]]:
+    """Every hyperparameter name of ``algorithm`` (on ``dataset``, or on any data set) and the kinds of value its
+    defaults take there (``"bool"``, ``"int"``, ``"float"``, ``"str"``, ``"list"``, ``"None"``)."""
+    datasets = DATASETS if dataset is None else (dataset,)
+    kinds: dict[str, set[str]] = {}
+    for name in datasets:
+        for key, spec in hparam_specs(algorithm, name).items():
+            kinds.setdefault(key, set()).add(_kind(spec.default))
+    return kinds
+
+
+def check_hparams(algorithm: str, hparams: Mapping[str, Any], dataset: str | None = None) -> None:
+    """Refuse what the table does not know: an unknown name (with the closest known one), or a value of the wrong
+    kind (``lr=True``, ``rescale_loss="no"``, ``hidden=300``). An ``int`` passes where a ``float`` is expected;
+    per-class hyperparameters (``sd_lam``, ``sd_gamma``) take a number or a list of numbers."""
+    kinds = accepted_kinds(algorithm, dataset)
+    where = f"{algorithm} on {dataset}" if dataset else algorithm
+    for name in hparams:
+        if name not in kinds:
+            close = difflib.get_close_matches(name, list(kinds), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown hyperparameter {name!r} for {where}{hint} (known: {', '.join(sorted(kinds))})")
+    for name, value in hparams.items():
+        expected, kind = kinds[name], _kind(value)
+        ok = kind in expected or (kind == "int" and "float" in expected)
+        if kind in ("int", "float") and "list" in expected and "float" in expected:
+            ok = True
+        if ok and kind == "list":
+            ok = all(_kind(item) in ("int", "float") for item in value)
+        if ok and kind == "float" and not math.isfinite(float(value)):
+            ok = False
+        if not ok:
+            wanted = " or ".join(sorted(expected | ({"int"} if "float" in expected else set())))
+            raise ValueError(f"hyperparameter {name!r} of {where} must be {wanted}, got {value!r} ({kind})")
 
 
 def random_hparams(algorithm: str, dataset: str, seed: int) -> dict[str, Any]:

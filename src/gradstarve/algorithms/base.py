@@ -42,6 +42,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from gradstarve.hparams import check_hparams as table_check
+
 #: Hyperparameters every algorithm requires.
 COMMON_HPARAMS: tuple[str, ...] = ("optimizer", "lr", "weight_decay", "l2_weight")
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd")
@@ -194,6 +196,9 @@ class Algorithm(nn.Module):
     optimizers' states and any per-method state.
     """
 
+    #: The method's name in ``ALGORITHMS`` and the hyperparameter table: hyperparameters are checked against the
+    #: table (unknown names and wrong kinds are errors). ``None`` (a user's own subclass): not checked.
+    registry_name: ClassVar[str | None] = None
     #: Whether batches must carry environment / group ids.
     needs_groups: ClassVar[bool] = False
     #: Hyperparameters this method reads besides :data:`COMMON_HPARAMS`.
@@ -209,6 +214,8 @@ class Algorithm(nn.Module):
         if isinstance(n_groups, bool) or not isinstance(n_groups, int) or n_groups < 1:
             raise ValueError(f"n_groups must be an integer >= 1, got {n_groups!r}")
         self.hparams = check_hparams(hparams, self.required_hparams(), type(self).__name__)
+        if self.registry_name is not None:  # names and kinds against the hyperparameter table
+            table_check(self.registry_name, self.hparams)
         self.model = model
         self.n_groups = n_groups
         self.num_updates = 0

@@ -13,6 +13,8 @@ class ERM(Algorithm):
     (see :mod:`gradstarve.algorithms.base`). Hyperparameters: only the common ones.
     """
 
+    registry_name = "erm"
+
     def objective(self, batch: Batch) -> Objective:
         nll = per_example_cross_entropy(self.model(batch.x), batch.y).mean()
         return Objective(loss=nll, nll=nll)

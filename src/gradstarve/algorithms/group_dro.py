@@ -25,6 +25,8 @@ class GroupDRO(Algorithm):
     strong L2 (``weight_decay`` 0.1 on CelebA) and early stopping.
     """
 
+    registry_name = "group_dro"
+
     needs_groups = True
     hparam_names = ("groupdro_eta",)
 

@@ -27,6 +27,8 @@ class IRM(Algorithm):
     ``reset_optimizer_at_anneal``.
     """
 
+    registry_name = "irm"
+
     needs_groups = True
     anneal_prefix = "irm"
 

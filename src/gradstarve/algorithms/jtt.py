@@ -35,6 +35,8 @@ class JTT(Algorithm):
     CelebA: 1) is read by the trainer only.
     """
 
+    registry_name = "jtt"
+
     hparam_names = ("jtt_upweight", "jtt_reset_model")
 
     def __init__(self, model: nn.Module, hparams: Mapping[str, Any], n_groups: int) -> None:

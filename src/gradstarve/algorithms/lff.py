@@ -67,6 +67,8 @@ class LfF(Algorithm):
     ``N`` examples seen.
     """
 
+    registry_name = "lff"
+
     hparam_names = ("lff_q", "lff_ema")
 
     def __init__(

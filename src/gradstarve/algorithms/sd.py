@@ -31,6 +31,8 @@ class SpectralDecoupling(Algorithm):
         sd_anneal_steps: ``T >= 0`` of the schedule.
     """
 
+    registry_name = "sd"
+
     hparam_names = ("sd_lam", "sd_gamma", "sd_schedule", "sd_anneal_steps")
 
     def __init__(self, model: nn.Module, hparams: Mapping[str, Any], n_groups: int) -> None:

@@ -21,6 +21,8 @@ class VREx(Algorithm):
     ``reset_optimizer_at_anneal``.
     """
 
+    registry_name = "vrex"
+
     needs_groups = True
     anneal_prefix = "vrex"
 

@@ -358,6 +358,11 @@ def index_celeba(root: Path | str, layout: str = "auto", missing_images: str | N
             "only the images present)"
         )
     keep = np.flatnonzero(is_present)
+    if keep.size == 0:
+        raise CelebAFormatError(
+            f"no CelebA image to use: {listed_in} lists {len(ids)} image(s) and none of them is in {image_dir}. "
+            f"{HOW_TO_GET_CELEBA}"
+        )
     return CelebAIndex(
         root=root,
         layout=layout,

@@ -54,8 +54,16 @@ from gradstarve.experiments import selection
 from gradstarve.experiments.reproduce.base import Reproduction
 from gradstarve.experiments.reproduce.paper_numbers import FIG4_ACCURACY, TABLE1, TABLE2, difference_in_std
 from gradstarve.experiments.tables import latex_table, markdown_table
-from gradstarve.experiments.tasks import TASKS
-from gradstarve.experiments.train import RunConfig, check_run_folder, is_done, read_metrics
+from gradstarve.experiments.tasks import TASKS, check_data
+from gradstarve.experiments.train import (
+    DamagedRunError,
+    RunConfig,
+    check_run_folder,
+    inspect_run,
+    is_done,
+    nonfinite_metrics,
+    read_metrics,
+)
 from gradstarve.hparams import ALGORITHM_NAMES, default_hparams, random_hparams
 
 BACKENDS = ("local", "ray")
@@ -473,11 +481,18 @@ def launch(
         save_spec(sweep_dir, spec)
     runs = plan(open_spec(sweep_dir))
     root = runs_root(sweep_dir)
+    data_root = None if data_root is None else str(Path(data_root).expanduser().absolute())
+    preflight = {}
+    for run in runs:  # the data of every unfinished run, checked once per (dataset, options), before any folder
+        if not is_done(root / run.folder_name):
+            options = {**run.config.data, **({"data_root": data_root} if data_root is not None else {})}
+            preflight.setdefault((run.config.dataset, json.dumps(options, sort_keys=True, default=str)), options)
+    for (dataset, _), options in preflight.items():
+        check_data(dataset, options)
     root.mkdir(parents=True, exist_ok=True)
     inline = workers == 0
     workers = workers or default_workers()
     threads = threads_per_run or max(1, default_workers() // workers)
-    data_root = None if data_root is None else str(Path(data_root).expanduser().absolute())
     start = time.perf_counter()
     skipped, todo = [], []
     for run in runs:
@@ -573,7 +588,10 @@ def run_status(run: PlannedRun, root: Path) -> RunStatus:
     if is_done(run_dir):
         summary = json.loads((run_dir / "done").read_text())
         return RunStatus(run, "done", summary.get("steps"), summary.get("steps"))
-    rows = read_metrics(run_dir)
+    try:
+        rows = read_metrics(run_dir)
+    except DamagedRunError as error:
+        return RunStatus(run, "damaged", None, total, str(error))
     step = rows[-1]["step"] if rows else None
     if is_running(run_dir):
         return RunStatus(run, "running", step, total)
@@ -718,13 +736,19 @@ def collect(
     groups: dict[tuple[str, str], dict[int, list[tuple[PlannedRun, list[dict]]]]] = {}
     unfinished = 0
     for run in runs:
-        run_dir = root / run.folder_name
-        if not is_done(run_dir):
+        inspection = inspect_run(root / run.folder_name, run.config)
+        if inspection.state == "damaged":
+            notes.append(f"damaged run left out: {inspection.problem}")
+            continue
+        if not inspection.finished:
             unfinished += 1
             continue
-        check_run_folder(run_dir, run.config)
+        nonfinite = nonfinite_metrics(inspection.rows)
+        if nonfinite:
+            notes.append(f"diverged run left out (non-finite {', '.join(nonfinite[:3])}): {run.folder_name}")
+            continue
         key = (run.config.dataset, run.config.algorithm)
-        groups.setdefault(key, {}).setdefault(run.hparams_index, []).append((run, read_metrics(run_dir)))
+        groups.setdefault(key, {}).setdefault(run.hparams_index, []).append((run, inspection.rows))
     if unfinished:
         notes.append(f"{unfinished} of {len(runs)} runs are not finished and are left out")
     if not groups:

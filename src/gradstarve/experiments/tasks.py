@@ -23,12 +23,15 @@ dataset            splits and groups
 
 from __future__ import annotations
 
+import difflib
+import hashlib
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -40,6 +43,89 @@ TASKS: tuple[str, ...] = ("synthetic", "two-moons", "colored-mnist", "celeba")
 
 #: Option keys that only say where data lives or how it is read; they never change a run's results.
 LOCATION_OPTIONS: frozenset[str] = frozenset({"data_root", "cache_dir", "workers"})
+
+
+#: Every option each task reads (besides :data:`LOCATION_OPTIONS` and ``data_seed``), with the kinds of value it
+#: takes: an unknown option or a wrong kind is an error, never silently ignored (``n_trian=200``).
+TASK_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
+    "synthetic": {"n": (int,), "dims": (int,)},
+    "two-moons": {"delta": (float, int), "n": (int,)},
+    "colored-mnist": {
+        "val_fraction": (float, int),
+        "fig4": (bool,),
+        "gray": (bool,),
+        "merge_channels": (bool,),
+        "n_train": (int, type(None)),
+        "n_test": (int, type(None)),
+    },
+    "celeba": {
+        "preset": (str,),
+        "resolution": (int,),
+        "target": (str,),
+        "attribute": (str,),
+        "train_size": (int, type(None)),
+        "pretrained_weights": (str, Path, type(None)),
+        "augment": (bool,),
+        "progress": (bool,),
+    },
+}
+_COMMON_OPTIONS = {"data_seed": (int,)}
+
+
+def check_task_options(dataset: str, options: Mapping[str, Any]) -> None:
+    """Raise ``ValueError`` naming an unknown option of ``dataset`` (with the closest known name) or a value of the
+    wrong kind."""
+    if dataset not in TASK_OPTIONS:
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(TASKS)}")
+    known = {**TASK_OPTIONS[dataset], **_COMMON_OPTIONS}
+    for name, value in options.items():
+        if name in LOCATION_OPTIONS:
+            continue
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(
+                f"unknown option {name!r} for the {dataset} task{hint} (known: {', '.join(sorted(known))})"
+            )
+        kinds = known[name]
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            names = " or ".join(k.__name__ for k in kinds)
+            raise ValueError(f"option {name!r} of the {dataset} task must be {names}, got {value!r}")
+
+
+def check_data(dataset: str, options: Mapping[str, Any] | None = None) -> None:
+    """Preflight: check once that ``dataset``'s files are there and usable before any run folder is made, raising
+    :class:`~gradstarve.data.errors.MissingDataError` / ``CorruptDataError`` with the file and the fix. Reads label
+    files and checksums, not every image (a CelebA image that fails to decode is still reported when loaded)."""
+    options = dict(options or {})
+    check_task_options(dataset, options)
+    if dataset == "colored-mnist":
+        from gradstarve.data.mnist import load_mnist
+
+        load_mnist(options.get("data_root"), "train", verify=True)
+    elif dataset == "celeba":
+        from gradstarve.data.celeba import index_celeba
+        from gradstarve.data.paths import resolve_data_root
+
+        index = index_celeba(Path(resolve_data_root(options.get("data_root"))))
+        for split, name in enumerate(("train", "val", "test")):
+            if not np.any(index.split == split):
+                from gradstarve.data.celeba import CelebAFormatError
+
+                raise CelebAFormatError(f"CelebA at {index.root} has no {name} image: Table 2 needs all three splits")
+
+
+def data_fingerprint(task: Task) -> str:
+    """SHA-256 (16 hex digits) over every split's name, inputs, labels and groups: what a run trained and was
+    evaluated on. Recorded in each run folder (``data.json``), so a run folder is never reused for other data."""
+    digest = hashlib.sha256()
+    for name, split in [("__train__", task.train), *sorted(task.evaluation.items())]:
+        digest.update(name.encode())
+        for tensor in (split.x, split.y, split.group):
+            tensor = tensor.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.view(torch.uint8).numpy() if tensor.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
 @dataclass
@@ -109,6 +195,7 @@ def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int 
     """The :class:`Task` ``dataset`` with ``options`` (see the module docstring); ``seed`` draws the data where it is
     random (synthetic, two-moons, Colored MNIST's shuffles, label noise and colours)."""
     options = dict(options or {})
+    check_task_options(dataset, options)
     data_seed = int(options.pop("data_seed", seed))
     if dataset == "synthetic":
         splits = synthetic(data_seed, **{k: options[k] for k in ("n", "dims") if k in options})

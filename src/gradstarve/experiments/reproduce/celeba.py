@@ -76,7 +76,7 @@ from gradstarve.experiments.reproduce._output import markdown_table, save_figure
 from gradstarve.experiments.reproduce.base import DataMissingError, Reproduction
 from gradstarve.experiments.reproduce.paper_numbers import PAPER_RUNS, TABLE2, difference_in_std
 from gradstarve.experiments.tasks import Task, load_task
-from gradstarve.experiments.train import RunConfig, make_config, read_metrics, train
+from gradstarve.experiments.train import RunConfig, inspect_run, make_config, nonfinite_metrics, train
 from gradstarve.models.resnet import PRESETS
 
 METHODS: tuple[str, ...] = ("erm", "sd", "group_dro", "lff", "jtt")
@@ -294,16 +294,26 @@ def run_celeba(
             config = setup.config(method, seed, n_train)
             steps_per_epoch[method] = math.ceil(n_train / int(config.hparams["batch_size"]))
             total[method] = int(config.hparams["epochs"]) * steps_per_epoch[method]
-            if report_only:
-                rows = read_metrics(Path(runs_dir) / config.folder_name())
-                if rows:
+            if report_only:  # only finished, intact, finite runs count; the others are named
+                inspection = inspect_run(Path(runs_dir) / config.folder_name(), config)
+                rows = inspection.rows
+                nonfinite = nonfinite_metrics(rows)
+                if inspection.finished and not nonfinite:
                     metrics_by_run[(method, seed)] = rows
-                    run_dirs[(method, seed)] = Path(runs_dir) / config.folder_name()
+                    run_dirs[(method, seed)] = inspection.run_dir
+                    done = f"step {rows[-1]['step']}/{total[method]}"
                 else:
                     missing.append((method, seed))
+                    if inspection.state == "damaged":
+                        done = f"DAMAGED, not counted ({inspection.problem})"
+                    elif nonfinite:
+                        done = f"diverged (non-finite {', '.join(nonfinite[:3])}), not counted"
+                    elif rows:
+                        done = f"unfinished at step {rows[-1]['step']}/{total[method]}, not counted"
+                    else:
+                        done = "not started"
                 if report is not None:
-                    done = f"step {rows[-1]['step']}/{total[method]}" if rows else "not started"
-                    report(f"{LABELS[method]} seed {seed}: {done} -> {Path(runs_dir) / config.folder_name()}")
+                    report(f"{LABELS[method]} seed {seed}: {done} -> {inspection.run_dir}")
                 continue
             result = train(
                 config, runs_dir, data_root=data_root, device=device, progress=progress, task=task, max_steps=max_steps

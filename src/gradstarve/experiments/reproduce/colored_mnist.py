@@ -74,7 +74,15 @@ from gradstarve.experiments.reproduce.base import DataMissingError, Reproduction
 from gradstarve.experiments.reproduce.paper_numbers import FIG4_ACCURACY, FIG4_ENTROPY, TABLE1, difference_in_std
 from gradstarve.experiments.selection import mean_std, select_hyperparameters, select_step
 from gradstarve.experiments.tasks import Task, load_task
-from gradstarve.experiments.train import PRECISIONS, RunConfig, is_done, make_config, read_metrics, train
+from gradstarve.experiments.train import (
+    PRECISIONS,
+    RunConfig,
+    inspect_run,
+    is_done,
+    make_config,
+    nonfinite_metrics,
+    train,
+)
 from gradstarve.hparams import colored_mnist_oracle_overrides, default_hparams
 
 DATASET = "colored-mnist"
@@ -274,9 +282,32 @@ def search_configs(setup: ColoredMNISTSetup) -> list[tuple[float, RunConfig]]:
 
 
 def finished_rows(runs_root: Path, config: RunConfig) -> list[dict[str, Any]] | None:
-    """The metrics rows of ``config``'s run if it has finished, else ``None``."""
-    run_dir = Path(runs_root) / config.folder_name()
-    return read_metrics(run_dir) if is_done(run_dir) else None
+    """The metrics rows of ``config``'s run if it has finished, is intact and finite, else ``None`` (such runs are
+    named by :func:`audit_runs`, never counted as seeds)."""
+    inspection = inspect_run(Path(runs_root) / config.folder_name(), config)
+    if not inspection.finished or nonfinite_metrics(inspection.rows):
+        return None
+    return inspection.rows
+
+
+def audit_runs(setup: ColoredMNISTSetup, runs_root: Path, search: LambdaSearch) -> list[str]:
+    """One note per problem among the planned runs: each damaged or diverged run by folder, and the missing and
+    unfinished ones grouped by method (with their seeds). Empty when every planned run has finished intact."""
+    damaged, absent = [], {}
+    for run in plan_runs(setup, search):
+        inspection = inspect_run(Path(runs_root) / run.config.folder_name(), run.config)
+        if inspection.state == "damaged":
+            damaged.append(f"{run.config.folder_name()}: {inspection.problem}")
+        elif inspection.finished and nonfinite_metrics(inspection.rows):
+            keys = ", ".join(nonfinite_metrics(inspection.rows)[:3])
+            damaged.append(f"{run.config.folder_name()}: non-finite {keys} (diverged)")
+        elif not inspection.finished:
+            name = "λ search" if run.method == "sd_search" else run.method
+            absent.setdefault((name, inspection.state), []).append(run.label.removeprefix(run.method).strip())
+    notes = [f"Damaged run, not counted: {line}" for line in damaged]
+    for (name, state), seeds in absent.items():
+        notes.append(f"{state.capitalize()} runs, not counted: {name} {', '.join(seeds)} (in {runs_root})")
+    return notes
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -883,7 +914,7 @@ def reproduce_colored_mnist(
     table = table1_rows(setup, runs_root, search)
     fig4 = fig4_rows(setup, runs_root, search)
     precision = precision_rows(setup, runs_root, search)
-    notes = _notes(setup, search, table, device)
+    notes = _notes(setup, search, table, device) + audit_runs(setup, runs_root, search)
     shown = {f"Table 1, {title}": lines for title, lines in table1_display(table).items()}
     shown.update({f"Fig. 4, {title}": lines for title, lines in fig4_display(fig4).items()})
     if search.rows:
