@@ -51,7 +51,7 @@ def test_report_holds_every_table_figure_skip_and_version(tmp_path):
     md_path, html_path = report.write_report(tmp_path, [part], skipped, command="gradstarve reproduce", seconds=20.0)
 
     md = md_path.read_text()
-    assert "| part | Table 9: a part | reproduced | 12.5 s |" in md
+    assert "| part | Table 9: a part | ran | 12.5 s |" in md
     assert "| celeba | Table 2: CelebA | skipped (data missing) | 0.0 s |" in md
     assert "| erm | 24.0 ± 0.5 | 23.7 ± 0.8 | 0.375 |" in md
     assert "![figure](part/figure.png)" in md and "- a caveat" in md

@@ -36,7 +36,7 @@ def test_algorithms_refuse_unknown_names_and_wrong_kinds(change, message):
 
 def test_a_string_is_not_a_boolean_flag():
     hparams = {**default_hparams("irm", "synthetic"), "rescale_loss": "no"}
-    with pytest.raises(ValueError, match="'rescale_loss' .* must be bool"):
+    with pytest.raises(ValueError, match=r"'rescale_loss' .* must be bool"):
         ALGORITHMS["irm"](model(), hparams, 2)
 
 
@@ -48,11 +48,11 @@ def test_per_class_hyperparameters_take_a_number_or_a_list():
 
 
 def test_make_config_checks_kinds_and_task_options():
-    with pytest.raises(ValueError, match="'hidden' .* must be list"):
+    with pytest.raises(ValueError, match=r"'hidden' .* must be list"):
         make_config("colored-mnist", "erm", overrides={"hidden": 300})
-    with pytest.raises(ValueError, match="unknown option 'n_trian'.*did you mean 'n_train'"):
+    with pytest.raises(ValueError, match=r"unknown option 'n_trian'.*did you mean 'n_train'"):
         make_config("colored-mnist", "erm", data={"n_trian": 200})
-    with pytest.raises(ValueError, match="option 'val_fraction' .* must be float or int"):
+    with pytest.raises(ValueError, match=r"option 'val_fraction' .* must be float or int"):
         make_config("colored-mnist", "erm", data={"val_fraction": "0.1"})
     with pytest.raises(ValueError, match="unknown option 'n_trian'"):
         load_task("colored-mnist", {"n_trian": 200})

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
 import time
 from enum import Enum
 from pathlib import Path
 
 import numpy as np
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -103,6 +106,19 @@ def _print_files(files: list[Path], seconds: float) -> None:
     console.print(f"[green]wrote[/green] {', '.join(str(path) for path in files)}  ({seconds:.1f} s)")
 
 
+def _print_table(table: Table) -> None:
+    """Print a rich table: on a terminal wrapped to its width (cells fold, never cut with "…"); to a file or a
+    pipe as plain ASCII at full width, so that nothing is lost and the text can be read or grepped."""
+    if console.is_terminal:
+        for column in table.columns:
+            if not column.no_wrap:
+                column.overflow = "fold"
+        console.print(table)
+        return
+    table.box = box.ASCII
+    Console(file=console.file, width=100_000, no_color=True, highlight=False).print(table)
+
+
 def _print_frame(
     frame,
     title: str,
@@ -119,7 +135,7 @@ def _print_frame(
         table.add_column(header, justify=justify, no_wrap=column in no_wrap)
     for row in frame.itertuples(index=False):
         table.add_row(*(str(value) for value in row))
-    console.print(table)
+    _print_table(table)
 
 
 @theory_app.command("fig6")
@@ -166,7 +182,7 @@ def theory_fig6(
             )
             previous = key
         table.add_row("", "", row["method"], _fmt(row["z1"]), _fmt(row["z2"]), f"{row['max_abs_diff']:.2e}")
-    console.print(table)
+    _print_table(table)
     _print_files(result.files, time.perf_counter() - start)
 
 
@@ -215,7 +231,7 @@ def theory_starvation(
             f"{row['z2_sd']:.4f}",
             f"{row['dz2_ds1sq_sd']:.0e}",
         )
-    console.print(table)
+    _print_table(table)
     wd = result.curves["weight_decay"]
     strictly = wd.dz2_ds1sq[wd.s1 > s2]
     verdict = "[green]holds[/green]" if np.all(strictly < 0) else "[red]fails[/red] at some grid points"
@@ -266,7 +282,7 @@ def theory_fixed_point(
     for name, point in rows:
         residual = "" if np.isnan(point.residual) else f"{point.residual:.1e}"
         table.add_row(name, np.array2string(point.alpha, precision=6), np.array2string(point.z, precision=6), residual)
-    console.print(table)
+    _print_table(table)
     console.print(f"Thm. 1, every Jacobian eigenvalue negative (attractive): {attractive}")
 
 
@@ -299,7 +315,7 @@ def ntk_spectrum(
         table.add_row(
             str(row["feature"]), f"{row['strength']:.5g}", f"{row['trace_share']:.3%}", f"{row['label_alignment']:+.3f}"
         )
-    console.print(table)
+    _print_table(table)
     _print_files(result.files, time.perf_counter() - start)
 
 
@@ -359,7 +375,7 @@ def data_verify(
     for check in checks:
         form = formats.get(check.path.suffix, "raw") if check.path else ""
         table.add_row(check.entry.name, f"[{colours[check.status]}]{check.status}[/]", form, check.entry.gz_md5)
-    console.print(table)
+    _print_table(table)
     for check in checks:
         if check.status == "corrupt":
             console.print(f"[red]corrupt:[/red] {check.message}", soft_wrap=True)
@@ -437,7 +453,7 @@ def reproduce_two_moons(
             f"{row[f'abs_z{features[1]}_mean']:.2f} ± {row[f'abs_z{features[1]}_std']:.2f}",
             f"{row['seconds']:.0f}",
         )
-    console.print(table)
+    _print_table(table)
     alignment = ", ".join(f"{j}: {report.rows[0][f'label_alignment_{j}']:+.2f}" for j in range(1, max(features) + 1))
     console.print(f"label alignment Σ_i U_ij/√n of the tracked features (first run): {alignment}")
     _print_files(report.files, time.perf_counter() - start)
@@ -456,7 +472,7 @@ def reproduce_celeba(
     methods: str = typer.Option("erm,sd,group_dro", help="Comma-separated: erm, sd, group_dro, lff, jtt."),
     out: Path = typer.Option(Path("outputs/celeba"), "--out", help="Folder for table2.md, the CSVs and the figure."),
     runs: Path = typer.Option(None, "--runs", help="Folder of the run folders, resumable (default: OUT/runs)."),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when available)."),
     pretrained: Path = typer.Option(
         None, "--pretrained", help="A local torchvision ImageNet checkpoint for the paper preset (nothing downloads)."
     ),
@@ -546,7 +562,7 @@ def reproduce_colored_mnist(
     data_root: Path = typer.Option(None, "--data-root", help=_DATA_ROOT_HELP),
     out: Path = typer.Option(Path("outputs/colored-mnist"), "--out", help="Folder for the tables and figures."),
     runs: Path = typer.Option(None, "--runs", help="Run folders (default OUT/runs); finished runs are skipped."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when available)."),
     precision: str = typer.Option("float32", help="float32 or bfloat16 (autocast)."),
     methods: str = typer.Option(
         None, help="Comma-separated subset of erm, sd, sd_eq25, sd_eq25_test, irm, vrex, oracle (default: all)."
@@ -686,7 +702,7 @@ def data_prepare(
         counts = data.metadata["group_counts"]
         status = "reused" if data.metadata["from_cache"] else "built"
         table.add_row(split, *(f"{counts[name]:,}" for name in data.group_names), f"{len(data):,}", status)
-    console.print(table)
+    _print_table(table)
     skipped = first.metadata["n_skipped_missing_images"]
     if skipped:
         console.print(f"{skipped:,} of {first.metadata['n_listed_images']:,} listed images are not on disk: skipped")
@@ -722,7 +738,7 @@ def hparams_command(
     for name, spec in specs.items():
         sampled = [hparams.describe(draw[name])] if draw is not None else []
         table.add_row(name, hparams.describe(spec.default), *sampled, str(spec.search), spec.doc, spec.source)
-    console.print(table)
+    _print_table(table)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -802,7 +818,7 @@ def sweep_launch(
     threads: int = typer.Option(None, min=1, help="Torch threads (Ray: CPUs) per run [default: CPUs / workers]."),
     address: str = typer.Option(None, help="Ray cluster address (e.g. auto); default: start a local Ray instance."),
     data_root: Path = typer.Option(None, "--data-root", help=_DATA_ROOT_HELP),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when available)."),
 ) -> None:
     """Run every unfinished run of a sweep; finished runs are skipped, interrupted ones resume from their checkpoint.
 
@@ -905,7 +921,7 @@ def sweep_status_command(
     for (dataset, algorithm), members in groups.items():
         counts = [sum(s.state == state for s in members) for state in sweep.RUN_STATES]
         table.add_row(dataset, algorithm, *(str(c) if c else "" for c in counts), str(len(members)))
-    console.print(table)
+    _print_table(table)
     if runs:
         listing = Table(title="runs")
         for column in ("run folder", "hparams", "state", "step", "error"):
@@ -915,7 +931,7 @@ def sweep_status_command(
             step = "" if status.step is None else f"{status.step}/{status.total if status.total is not None else '?'}"
             state = f"[{colours.get(status.state, 'white')}]{status.state}[/]"
             listing.add_row(status.run.folder_name, status.run.hparams_label, state, step, status.error or "")
-        console.print(listing)
+        _print_table(listing)
 
 
 @sweep_app.command("collect")
@@ -1050,15 +1066,38 @@ def reproduce_everything(
     for item in result.skipped:
         colour = "red" if item.kind == "failed" else "yellow"
         table.add_row(item.name, item.title, f"[{colour}]{item.kind}[/]", f"{item.seconds:.1f} s")
-    console.print(table)
+    _print_table(table)
     console.print(f"[green]wrote[/green] {', '.join(str(path) for path in result.report)}", soft_wrap=True)
     if result.failed:
         raise typer.Exit(1)
 
 
-def main() -> None:
-    """Entry point of the ``gradstarve`` console script."""
-    app()
+def _one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if isinstance(error, ValueError | OSError | RuntimeError) else f"{type(error).__name__}: {text}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``gradstarve`` console script.
+
+    A failure prints one line on stderr, ``error: <what is wrong and the fix>``, and exits with status 1 (usage
+    errors: click's message, status 2). ``--debug`` anywhere on the command line (or ``GRADSTARVE_DEBUG=1``) shows
+    the full traceback instead."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("GRADSTARVE_DEBUG", "") not in ("", "0")
+    args = [arg for arg in args if arg != "--debug"]
+    try:
+        app(args=args, prog_name="gradstarve")
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        print("interrupted: finished runs are kept, unfinished ones resume on the next launch", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as error:
+        if debug:
+            raise
+        print(f"error: {_one_line(error)} (run again with --debug for the traceback)", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -589,6 +589,16 @@ def perturbative_fixed_point(U: np.ndarray, s: np.ndarray | Sequence[float], lam
     return FixedPoint(alpha, _response_from_alpha(alpha, U, s**2, lam), residual, 0)
 
 
+def lemma1_applies(U: np.ndarray, s: np.ndarray | Sequence[float], lam: float) -> bool:
+    """Whether Lemma 1's perturbative α̃* lies in (0, 1), i.e. :func:`perturbative_fixed_point` is defined. It fails
+    for strong features (large s²/λ) at moderate coupling, where its first-order expansion of ``-log α`` breaks."""
+    try:
+        perturbative_fixed_point(U, s, lam)
+    except ValueError:
+        return False
+    return True
+
+
 def coupled_pair(delta: float) -> np.ndarray:
     """The 2 x 2 coupling of Eq. 23: ``U = [[√(1-δ²), -δ], [δ, √(1-δ²)]]`` for δ in [0, 1]."""
     delta = float(delta)
@@ -914,16 +924,30 @@ def simulate(
         dual_lr = default_dual_lr(U, s, lam, penalty)
     if primal_lr is None:
         primal_lr = default_primal_lr(s, lam, penalty)
-    primal = primal_descent(U, s, lam, penalty, lr=primal_lr, n_steps=n_steps)
-    dual = dual_ascent(alpha0, U, s, lam, penalty, lr=dual_lr, n_steps=n_steps)
+    with np.errstate(over="ignore", invalid="ignore"):  # a divergent path is reported just below, by name
+        primal = primal_descent(U, s, lam, penalty, lr=primal_lr, n_steps=n_steps)
+        dual = dual_ascent(alpha0, U, s, lam, penalty, lr=dual_lr, n_steps=n_steps)
+    for name, path, lr, default in (
+        ("primal gradient descent", primal, primal_lr, default_primal_lr(s, lam, penalty)),
+        ("dual gradient ascent", dual, dual_lr, default_dual_lr(U, s, lam, penalty)),
+    ):
+        finite = np.isfinite(path.z).all(axis=1)
+        if not finite.all():
+            raise ValueError(
+                f"{name} diverged: z(t) left the finite range at step {int(path.t[np.argmin(finite)])} with "
+                f"learning rate {lr:g}; use a smaller one (the default for this problem is {default:.3g})"
+            )
     ode = integrate_dual(alpha0, U, s, lam, penalty, t=dual.t * dual_lr)
     square = U.shape[0] == U.shape[1]
     if penalty == "spectral_decoupling" and square:
         approx_fp, method = closed_form_fixed_point(s, lam, penalty, U=U), "closed form (Eq. 27)"
     elif penalty == "weight_decay" and square and np.allclose(s, s[0], rtol=1e-12, atol=0):
         approx_fp, method = closed_form_fixed_point(s, lam, penalty, U=U), "closed form (Eq. 20)"
-    elif penalty == "weight_decay":
+    elif penalty == "weight_decay" and lemma1_applies(U, s, lam):
         approx_fp, method = perturbative_fixed_point(U, s, lam), "Lemma 1 (Eq. 22)"
+    elif penalty == "weight_decay":  # strong features: Lemma 1's linearisation leaves (0, 1)
+        approx_fp = fixed_point(U, s, lam, penalty, approx=True)
+        method = "Eq. 19 solved numerically (Lemma 1 does not apply: the coupling is too strong)"
     else:
         approx_fp, method = fixed_point(U, s, lam, penalty, approx=True), "Eq. 19 solved numerically"
     return Simulation(primal, dual, ode, exact, approx_fp, method, float(primal_lr), float(dual_lr))

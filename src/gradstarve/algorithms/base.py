@@ -239,6 +239,13 @@ class Algorithm(nn.Module):
             annealed += ("rescale_loss", "reset_optimizer_at_anneal")
         return COMMON_HPARAMS + cls.hparam_names + annealed
 
+    def penalty_switch_step(self) -> int | None:
+        """The first step at which the method's full objective applies (its penalty annealed or switched in), or
+        ``None`` if it applies from the first step. A run shorter than this trains the plain loss throughout."""
+        if self.anneal_prefix is None:
+            return None
+        return int(self.hparams[f"{self.anneal_prefix}_anneal_steps"]) or None
+
     # ---------------------------------------------------------------------------------------- to override
     def objective(self, batch: Batch) -> Objective:
         """The method's loss on one batch (one forward pass of the model over the whole batch)."""

@@ -56,6 +56,11 @@ class SpectralDecoupling(Algorithm):
             raise ValueError("sd_schedule 'paper_released' scales the loss by λ/2 and needs a single (scalar) sd_lam")
         sd_schedule(0, schedule, self.hparams["sd_anneal_steps"])  # validates sd_anneal_steps
 
+    def penalty_switch_step(self) -> int | None:
+        if self.hparams["sd_schedule"] == "constant":
+            return None
+        return int(self.hparams["sd_anneal_steps"]) or None
+
     def objective(self, batch: Batch) -> Objective:
         logits = self.model(batch.x)
         nll = per_example_cross_entropy(logits, batch.y).mean()

@@ -94,7 +94,7 @@ def _relative(path: Path, base: Path) -> str:
 
 
 def _summary_rows(reproductions: Sequence[Reproduction], skipped: Sequence[Skipped]) -> list[tuple[str, str, str, str]]:
-    rows = [(r.name, r.title, "reproduced", _seconds(r.seconds)) for r in reproductions]
+    rows = [(r.name, r.title, r.evidence or "ran", _seconds(r.seconds)) for r in reproductions]
     rows += [(s.name, s.title, f"skipped ({s.kind})", _seconds(s.seconds)) for s in skipped]
     return rows
 

@@ -63,6 +63,7 @@ from gradstarve.experiments.train import (
     is_done,
     nonfinite_metrics,
     read_metrics,
+    resolve_device,
 )
 from gradstarve.hparams import ALGORITHM_NAMES, default_hparams, random_hparams
 
@@ -476,6 +477,7 @@ def launch(
         raise ValueError(f"threads_per_run must be >= 1, got {threads_per_run}")
     if address is not None and backend != "ray":
         raise ValueError("address is a Ray cluster address: use it with backend='ray'")
+    resolve_device(device)  # an accelerator that is not there fails here, not once per run
     sweep_dir = Path(sweep_dir).absolute()
     if spec is not None:
         save_spec(sweep_dir, spec)
@@ -749,6 +751,9 @@ def collect(
             continue
         key = (run.config.dataset, run.config.algorithm)
         groups.setdefault(key, {}).setdefault(run.hparams_index, []).append((run, inspection.rows))
+        for note in inspection.notes:
+            if note not in notes:
+                notes.append(note)
     if unfinished:
         notes.append(f"{unfinished} of {len(runs)} runs are not finished and are left out")
     if not groups:
@@ -804,6 +809,13 @@ def collect(
                     "validation_score": chosen.validation_score if selection.get_rule(rule).score_key else None,
                 }
             )
+    if not records:
+        raise ValueError(
+            f"no table for rule(s) {', '.join(rules)}: "
+            + "; ".join(notes)
+            + ". Rules that select on 'val' need a validation split: launch with e.g. --data val_fraction=0.1, "
+            "or collect with --rule last_step"
+        )
     if any(selection.get_rule(rule).uses_test for rule in rules):
         notes.append("test_domain_oracle selects on the test split: an oracle, not an honest estimate")
     results = SweepResults(pd.DataFrame.from_records(records), metrics, selected, notes)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.util
 import io
 import json
 import math
@@ -292,12 +293,14 @@ class RunInspection:
         state: ``"missing"`` (no folder or no metrics), ``"unfinished"`` (no ``done``), ``"done"``, or
             ``"damaged"`` (``problem`` says why; never counted as a result).
         rows: the metrics rows (empty unless ``done`` or ``unfinished``).
+        notes: caveats the run recorded in ``done`` (e.g. a penalty that never switched on).
     """
 
     run_dir: Path
     state: str
     rows: list[dict[str, Any]]
     problem: str | None = None
+    notes: tuple[str, ...] = ()
 
     @property
     def finished(self) -> bool:
@@ -343,7 +346,8 @@ def inspect_run(run_dir: Path | str, config: RunConfig | None = None) -> RunInsp
             [],
             f"{run_dir / 'metrics.jsonl'} ends at step {rows[-1]['step']} but the run finished at step {steps}",
         )
-    return RunInspection(run_dir, "done", rows)
+    notes = summary.get("notes") or ()
+    return RunInspection(run_dir, "done", rows, notes=tuple(str(note) for note in notes))
 
 
 def nonfinite_metrics(rows: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -394,6 +398,10 @@ def load_checkpoint(path: Path, map_location: torch.device | str | None = None) 
     return state
 
 
+class ScheduleNeverSwitchesWarning(UserWarning):
+    """A run ends before its method's penalty switches on: it trained the plain loss."""
+
+
 class RunRestartedWarning(UserWarning):
     """A damaged checkpoint or metrics file was set aside and the run restarted from step 0."""
 
@@ -436,10 +444,28 @@ def _evaluation_input(split: LabelledData, train: LabelledData, train_x: torch.T
     return split.x
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a checked
+    ``torch.device``: an accelerator that is not there is a clear error, not a failure deep inside torch."""
+    if isinstance(device, torch.device):
+        device = str(device)
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        target = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from None
+    if target.type == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build"
+        if torch.version.cuda is not None:
+            build = f"built for CUDA {torch.version.cuda}, but no GPU is visible"
+        raise ValueError(
+            f"device {device!r} asked for a GPU, but this torch ({torch.__version__}) is {build}: use --device cpu "
+            "or auto"
+        )
+    if target.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
+    return target
 
 
 @contextlib.contextmanager
@@ -479,6 +505,8 @@ def train(
     On an accelerator the training tensors are moved to it once, and so is every evaluation split of at most
     :data:`EVAL_ON_DEVICE_BYTES` (larger ones are copied batch by batch at each evaluation).
     """
+    if tensorboard:
+        require_tensorboard()  # before any file is written
     if config.precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {config.precision!r}")
     if config.eval_every < 1:
@@ -500,7 +528,7 @@ def train(
             options["data_root"] = data_root
         task = load_task(config.dataset, options, config.seed)
     _check_data(run_dir, data_fingerprint(task))
-    target = _resolve_device(device)
+    target = resolve_device(device)
     generator = torch.Generator().manual_seed(config.seed)
     model = task.build_model(config.hparams, torch.Generator().manual_seed(config.seed))
     hparams = dict(config.hparams)
@@ -521,6 +549,13 @@ def train(
     step = 0
     checkpoint_path = run_dir / "checkpoint.pt"
     notes: list[str] = []
+    switch = algorithm.penalty_switch_step()
+    if switch is not None and switch >= steps:
+        notes.append(
+            f"{config.algorithm}: its penalty switches on at step {switch} but the run ends at step {steps}, so it "
+            "trained the plain loss throughout (ERM in all but name); a comparison with the paper does not apply"
+        )
+        warnings.warn(notes[-1], ScheduleNeverSwitchesWarning, stacklevel=2)
     if checkpoint_path.exists():
         try:
             state = load_checkpoint(checkpoint_path, map_location=target)
@@ -546,9 +581,7 @@ def train(
 
     writer = None
     if tensorboard:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+        writer = _tensorboard_writer(run_dir / "tensorboard")
 
     train_x = task.train.x.to(target)
     train_y, train_group = task.train.y.to(target), task.train.group.to(target)
@@ -620,9 +653,26 @@ def train(
             "seconds": time.perf_counter() - start_time,
             "final": rows[-1] if rows else {},
             "metrics_sha256": _sha256(run_dir / "metrics.jsonl"),
+            "notes": notes,
         }
         _atomic_write(run_dir / "done", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     return RunResult(run_dir, config, rows, False, time.perf_counter() - start_time, notes)
+
+
+def require_tensorboard() -> None:
+    """Raise a clear ``ModuleNotFoundError`` (what to install) when the tensorboard package is missing."""
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ModuleNotFoundError(
+            "TensorBoard logging needs the tensorboard package, which is not installed: pip install tensorboard "
+            "(or leave TensorBoard logging off)"
+        )
+
+
+def _tensorboard_writer(folder: Path):
+    require_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(folder))
 
 
 def _check_data(run_dir: Path, fingerprint: str, record: bool = True) -> None:

@@ -50,7 +50,14 @@ def run_starvation(setup: StarvationSetup | None = None) -> StarvationResult:
         for penalty in theory.PENALTIES
     }
     U = theory.coupled_pair(setup.delta)
-    z2_lemma1 = np.array([theory.perturbative_fixed_point(U, [s1, setup.s2], setup.lam).z[1] for s1 in grid])
+    z2_lemma1 = np.array(  # NaN where Lemma 1 does not apply (strong features): the exact curves still hold
+        [
+            theory.perturbative_fixed_point(U, [s1, setup.s2], setup.lam).z[1]
+            if theory.lemma1_applies(U, [s1, setup.s2], setup.lam)
+            else np.nan
+            for s1 in grid
+        ]
+    )
     rows = []
     for i, s1 in enumerate(grid):
         row = {"s1": float(s1), "s1_squared": float(s1**2)}

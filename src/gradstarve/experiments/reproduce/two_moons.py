@@ -99,8 +99,12 @@ def _boundary_panel(ax, run: MoonsResult, title: str) -> None:
     ax.axvline(0, ls="--", lw=0.6, color="k", alpha=0.5)
     ax.set_xticks([])
     ax.set_yticks([])
-    margin = f"margin {np.mean(run.margin_mean):.3f} ± {np.std(run.margin_mean):.3f}"
-    ax.set_title(f"{title}\n{margin}", fontsize=9)
+    # The paper's claim is about the smallest distance (the margin proper); the mean distance is shown beside it.
+    margin = (
+        f"min distance {np.mean(run.margin_min):.3f} ± {np.std(run.margin_min):.3f}, "
+        f"mean {np.mean(run.margin_mean):.3f} ± {np.std(run.margin_mean):.3f}"
+    )
+    ax.set_title(f"{title}\n{margin}", fontsize=8)
 
 
 def plot_fig2(runs: Sequence[MoonsResult], features: tuple[int, int] = (2, 7)) -> Figure:
