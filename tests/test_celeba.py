@@ -334,6 +334,29 @@ def test_a_cache_file_that_does_not_match_its_key_is_rebuilt(tmp_path, decode_co
     assert not data.metadata["from_cache"] and len(decode_counter) == 2 * len(data)
 
 
+def test_an_image_changed_in_place_at_the_same_size_is_decoded_again(tmp_path, decode_counter):
+    root = make_official_root(tmp_path / "celeba")
+    before = _load(root, tmp_path, splits=("val",))["val"]
+    path = root / "img_align_celeba" / _image_id(next(i for i, (split, _, _) in enumerate(FAKE) if split == 1))
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # one bit of the entropy-coded data: same size, other pixels
+    path.write_bytes(bytes(data))
+    after = _load(root, tmp_path, splits=("val",))["val"]
+    assert not after.metadata["from_cache"] and after.metadata["cache_file"] != before.metadata["cache_file"]
+
+
+def test_a_damaged_cache_array_is_detected_and_decoded_again(tmp_path, decode_counter):
+    root = make_official_root(tmp_path / "celeba")
+    first = _load(root, tmp_path, splits=("val",))["val"]
+    path = Path(first.metadata["cache_file"])
+    cached = np.load(path)
+    cached[0, 0, 0, 0] ^= 0xFF  # one pixel flipped, header and shape intact
+    np.save(path, cached)
+    again = _load(root, tmp_path, splits=("val",))["val"]
+    assert not again.metadata["from_cache"] and len(decode_counter) == 2 * len(first)
+    assert torch.equal(again.x, first.x)
+
+
 def test_centre_crop_removes_the_top_and_bottom_bands(tmp_path):
     # 20 x 24 image: 2 red rows, 20 green rows, 2 blue rows; the 20 x 20 centre crop keeps only green.
     pixels = np.zeros((24, 20, 3), dtype=np.uint8)
@@ -424,7 +447,7 @@ def test_cli_prepare_builds_the_cache_and_prints_group_counts(tmp_path):
     assert first.exit_code == 0, first.output
     train_counts = np.bincount(_expected(0)[2], minlength=4)
     assert "blond, male" in first.output and "built" in first.output
-    row = r"\s*│\s*".join(["train", *map(str, train_counts), str(train_counts.sum())])
+    row = r"\s*\|\s*".join(["train", *map(str, train_counts), str(train_counts.sum())])
     assert re.search(row, first.output), first.output
     assert "1 of 12 listed images are not on disk" in first.output
     second = CliRunner().invoke(app, command)

@@ -65,7 +65,7 @@ def test_theory_handles_strong_features_with_the_exact_fixed_point():
 
 
 def test_a_diverging_simulation_is_an_error_not_output():
-    with pytest.raises(ValueError, match="primal gradient descent diverged.*use a smaller one"):
+    with pytest.raises(ValueError, match=r"primal gradient descent diverged.*use a smaller one"):
         theory.simulate(theory.coupled_pair(0.6), [6.0, 2.0], 0.01, n_steps=2000, primal_lr=1000.0)
 
 
@@ -106,3 +106,21 @@ def test_evidence_names_what_a_part_showed():
     assert evidence(quick=True, sigmas=[0.1]).startswith("smoke test")
     assert evidence(checks=False, what="x") == "checks FAIL (x)"
     assert evidence() == "ran; no paper number to compare with"
+
+
+def test_non_finite_inputs_are_named_not_turned_into_a_nan_kernel_or_blamed_on_the_learning_rate():
+    import torch
+
+    from gradstarve.algorithms import ALGORITHMS
+    from gradstarve.hparams import default_hparams
+    from gradstarve.models import MLP
+    from gradstarve.ntk import empirical_ntk
+
+    model = MLP(3, (4,), 1, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(6, 3)
+    x[2, 1] = float("nan")
+    with pytest.raises(ValueError, match="1 of its 6 examples hold NaN"):
+        empirical_ntk(model, x)
+    erm = ALGORITHMS["erm"](model, default_hparams("erm", "synthetic"), 1)
+    with pytest.raises(FloatingPointError, match="inputs hold NaN"):
+        erm.update((x, torch.zeros(6, dtype=torch.int64)))

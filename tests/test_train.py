@@ -79,6 +79,7 @@ def test_jtt_switches_stage_after_its_first_epochs(tmp_path):
     assert [row.get("train/stage") for row in rows] == [None, 1.25, 2.0]
 
 
+@pytest.mark.filterwarnings("ignore::gradstarve.experiments.train.ScheduleNeverSwitchesWarning")
 @pytest.mark.parametrize("algorithm", ["erm", "sd", "irm", "vrex", "group_dro", "lff", "jtt"])
 def test_every_algorithm_trains_on_the_synthetic_task(tmp_path, algorithm):
     rows = read_metrics(

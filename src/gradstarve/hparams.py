@@ -496,13 +496,14 @@ def check_hparams(algorithm: str, hparams: Mapping[str, Any], dataset: str | Non
     """Refuse what the table does not know: an unknown name (with the closest known one), or a value of the wrong
     kind (``lr=True``, ``rescale_loss="no"``, ``hidden=300``). An ``int`` passes where a ``float`` is expected;
     per-class hyperparameters (``sd_lam``, ``sd_gamma``) take a number or a list of numbers."""
-    kinds = accepted_kinds(algorithm, dataset)
+    names = accepted_kinds(algorithm, dataset)  # the names this data set knows
+    kinds = accepted_kinds(algorithm)  # the kinds any data set's default takes (batch_size: None or an int)
     where = f"{algorithm} on {dataset}" if dataset else algorithm
     for name in hparams:
-        if name not in kinds:
-            close = difflib.get_close_matches(name, list(kinds), n=1)
+        if name not in names:
+            close = difflib.get_close_matches(name, list(names), n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"unknown hyperparameter {name!r} for {where}{hint} (known: {', '.join(sorted(kinds))})")
+            raise ValueError(f"unknown hyperparameter {name!r} for {where}{hint} (known: {', '.join(sorted(names))})")
     for name, value in hparams.items():
         expected, kind = kinds[name], _kind(value)
         ok = kind in expected or (kind == "int" and "float" in expected)
@@ -517,16 +518,68 @@ def check_hparams(algorithm: str, hparams: Mapping[str, Any], dataset: str | Non
             raise ValueError(f"hyperparameter {name!r} of {where} must be {wanted}, got {value!r} ({kind})")
 
 
-def random_hparams(algorithm: str, dataset: str, seed: int) -> dict[str, Any]:
+_DISTRIBUTIONS: dict[str, Any] = {
+    "log_uniform": LogUniform,
+    "uniform": Uniform,
+    "int_uniform": IntUniform,
+    "int_log_uniform": IntLogUniform,
+}
+
+
+def distribution_from_spec(spec: Any, name: str = "search") -> Distribution:
+    """A search distribution from its JSON form (sweep specs): ``{"log_uniform": [low, high]}``, ``{"uniform":
+    [low, high]}``, ``{"int_uniform": [low, high]}``, ``{"int_log_uniform": [low, high]}``, ``{"choice": [a, b,
+    ...]}``, ``{"fixed": value}`` or ``{"per_class": [spec_0, spec_1, ...]}`` (one independent draw per class)."""
+    if not isinstance(spec, Mapping) or len(spec) != 1:
+        raise ValueError(
+            f"{name}: a distribution is one of {{'log_uniform' | 'uniform' | 'int_uniform' | 'int_log_uniform': "
+            f"[low, high]}}, {{'choice': [...]}}, {{'fixed': value}}, {{'per_class': [...]}}; got {spec!r}"
+        )
+    ((kind, value),) = spec.items()
+    if kind in _DISTRIBUTIONS:
+        if (
+            not isinstance(value, list | tuple)
+            or len(value) != 2
+            or not all(_kind(v) in ("int", "float") for v in value)
+        ):
+            raise ValueError(f"{name}: {kind} needs [low, high], got {value!r}")
+        low, high = value
+        if not low <= high or (kind in ("log_uniform", "int_log_uniform") and low <= 0):
+            raise ValueError(f"{name}: {kind} needs 0 < low <= high (log) or low <= high, got {value!r}")
+        return _DISTRIBUTIONS[kind](low, high)
+    if kind == "choice":
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError(f"{name}: choice needs a non-empty list, got {value!r}")
+        return Choice(tuple(value))
+    if kind == "fixed":
+        return Fixed(value)
+    if kind == "per_class":
+        if not isinstance(value, list | tuple) or not value:
+            raise ValueError(f"{name}: per_class needs a list of distributions, got {value!r}")
+        return PerClass(tuple(distribution_from_spec(v, f"{name}[{i}]") for i, v in enumerate(value)))
+    raise ValueError(
+        f"{name}: unknown distribution {kind!r}; known: {', '.join([*_DISTRIBUTIONS, 'choice', 'fixed', 'per_class'])}"
+    )
+
+
+def random_hparams(
+    algorithm: str, dataset: str, seed: int, search: Mapping[str, Distribution] | None = None
+) -> dict[str, Any]:
     """A random draw from the search space; deterministic in ``seed`` (an integer >= 0).
 
     Each hyperparameter is drawn from its own generator seeded by ``(seed, name)``. Fixed hyperparameters keep their
-    defaults. By DomainBed's convention a sweep uses :func:`default_hparams` for its first trial.
+    defaults. ``search`` replaces the table's distribution of the hyperparameters it names (a sweep's own search
+    space; :func:`distribution_from_spec` reads them from JSON). By DomainBed's convention a sweep uses
+    :func:`default_hparams` for its first trial.
     """
     if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     specs = hparam_specs(algorithm, dataset)
-    return {name: spec.search.sample(_generator(int(seed), name)) for name, spec in specs.items()}
+    unknown = set(search or {}) - set(specs)
+    if unknown:
+        raise ValueError(f"search names unknown hyperparameters of {algorithm} on {dataset}: {sorted(unknown)}")
+    distributions = {name: spec.search for name, spec in specs.items()} | dict(search or {})
+    return {name: distribution.sample(_generator(int(seed), name)) for name, distribution in distributions.items()}
 
 
 def describe(value: Any) -> str:

@@ -86,6 +86,13 @@ def _check_inputs(model: nn.Module, x: torch.Tensor, name: str = "x") -> None:
         raise ValueError(f"model is on {reference.device} but {name} is on {x.device}; move one of them")
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).any(dim=tuple(range(1, x.ndim))).sum()) if x.ndim > 1 else -1
+        rows = f"{bad} of its {x.shape[0]} examples hold" if bad >= 0 else "it holds"
+        raise ValueError(f"{name} is not finite: {rows} NaN or infinity; the kernel would be NaN. Clean the inputs")
+    bad_parameters = [n for n, p in model.named_parameters() if not bool(torch.isfinite(p).all())]
+    if bad_parameters:
+        raise ValueError(f"the model's parameters are not finite ({', '.join(bad_parameters[:3])}): a diverged model")
 
 
 def _resolve_dtype(model: nn.Module, x: torch.Tensor, dtype: torch.dtype | None, name: str = "x") -> torch.dtype:

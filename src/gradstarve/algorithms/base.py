@@ -239,6 +239,16 @@ class Algorithm(nn.Module):
             annealed += ("rescale_loss", "reset_optimizer_at_anneal")
         return COMMON_HPARAMS + cls.hparam_names + annealed
 
+    def _nonfinite_loss_message(self, batch: Batch, loss_value: float, nll_value: float) -> str:
+        """Why the loss is not finite, naming the first cause found: the inputs, the parameters, or divergence."""
+        where = f"{type(self).__name__}: the loss is {loss_value} at step {self.num_updates} (nll {nll_value})"
+        if batch.x.is_floating_point() and not bool(torch.isfinite(batch.x).all()):
+            return f"{where}: the batch's inputs hold NaN or infinity; clean the data"
+        bad = [n for n, p in self.named_parameters() if not bool(torch.isfinite(p).all())]
+        if bad:
+            return f"{where}: parameters {', '.join(bad[:3])} are already not finite (an earlier update diverged)"
+        return f"{where}: training diverged with finite inputs and parameters; lower the learning rate or the penalty"
+
     def penalty_switch_step(self) -> int | None:
         """The first step at which the method's full objective applies (its penalty annealed or switched in), or
         ``None`` if it applies from the first step. A run shorter than this trains the plain loss throughout."""
@@ -324,10 +334,7 @@ class Algorithm(nn.Module):
         values = torch.stack([t.detach().to(dtype).reshape(()) for t in logged]).tolist()
         loss_value, nll_value = values[0], values[1]
         if loss_value != loss_value or abs(loss_value) == float("inf"):
-            raise FloatingPointError(
-                f"{type(self).__name__}: the loss is {loss_value} at step {self.num_updates} (nll "
-                f"{nll_value}); lower the learning rate or the penalty weight"
-            )
+            raise FloatingPointError(self._nonfinite_loss_message(checked, loss_value, nll_value))
         for optimizer in self.optimizers():
             optimizer.zero_grad(set_to_none=True)
         total.backward()

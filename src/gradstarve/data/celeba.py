@@ -597,10 +597,12 @@ def _raise_bad_value(where: str, names: Sequence[str], rows: Sequence[Sequence[s
 
 
 def _images_digest(paths: Sequence[Path]) -> str:
-    """SHA-256 over the images' names and byte sizes: a replaced, added or removed image changes the cache key."""
+    """SHA-256 over the images' names and contents: an image changed in place (even at the same size), added or
+    removed changes the cache key. Reads every file once (about a second for the 25,000-image subset)."""
     digest = hashlib.sha256()
     for path in paths:
-        digest.update(f"{path.name}:{path.stat().st_size}\n".encode())
+        digest.update(f"{path.name}:".encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()
 
 

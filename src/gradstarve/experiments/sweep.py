@@ -65,7 +65,7 @@ from gradstarve.experiments.train import (
     read_metrics,
     resolve_device,
 )
-from gradstarve.hparams import ALGORITHM_NAMES, default_hparams, random_hparams
+from gradstarve.hparams import ALGORITHM_NAMES, default_hparams, distribution_from_spec, random_hparams
 
 BACKENDS = ("local", "ray")
 SPEC_FILE = "spec.json"
@@ -93,6 +93,11 @@ class SweepSpec:
             changes SD runs only); a name no (algorithm, dataset) pair of the sweep knows is refused.
         data: task options per dataset, e.g. ``{"colored-mnist": {"val_fraction": 0.1}}``.
         eval_every, eval_splits, precision: as :class:`~gradstarve.experiments.train.RunConfig`.
+        variants: named methods built on an algorithm, usable in ``algorithms`` beside the plain names, e.g.
+            ``{"sd_eq25": {"algorithm": "sd", "overrides": {"sd_gamma": 0.0}, "search": {"sd_lam": {"log_uniform":
+            [1e-3, 30]}}, "defaults": {"sd_lam": 0.1}}}``: ``search`` replaces the table's search distributions
+            (:func:`gradstarve.hparams.distribution_from_spec`), ``defaults`` changes setting 0 only, ``overrides``
+            every setting (after the sweep's own ``overrides``). Runs of a variant are grouped under its name.
     """
 
     datasets: tuple[str, ...]
@@ -106,6 +111,7 @@ class SweepSpec:
     eval_every: int = 100
     eval_splits: tuple[str, ...] | None = None
     precision: str = "float32"
+    variants: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for name in ("datasets", "algorithms", "seeds"):
@@ -120,9 +126,11 @@ class SweepSpec:
         unknown = [d for d in self.datasets if d not in TASKS]
         if unknown:
             raise ValueError(f"unknown datasets {unknown}; known: {', '.join(TASKS)}")
-        unknown = [a for a in self.algorithms if a not in ALGORITHM_NAMES]
+        self._check_variants()
+        unknown = [a for a in self.algorithms if a not in ALGORITHM_NAMES and a not in self.variants]
         if unknown:
-            raise ValueError(f"unknown algorithms {unknown}; known: {', '.join(ALGORITHM_NAMES)}")
+            known = ", ".join([*ALGORITHM_NAMES, *self.variants])
+            raise ValueError(f"unknown algorithms {unknown}; known: {known} (variants are defined in 'variants')")
         if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValueError(f"seeds must be integers >= 0, got {list(self.seeds)}")
         for name, low in (("n_hparams", 0), ("hparams_seed", 0), ("eval_every", 1)):
@@ -138,15 +146,41 @@ class SweepSpec:
             raise ValueError(f"data options given for datasets not in the sweep: {sorted(extra)}")
         if self.eval_splits is not None:
             object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
-        known = {name for d in self.datasets for a in self.algorithms for name in default_hparams(a, d)} | {"steps"}
+        known = {
+            name for d in self.datasets for a in self.algorithms for name in default_hparams(self.algorithm_of(a), d)
+        } | {"steps"}
         unknown = set(self.overrides) - known
         if unknown:
             raise ValueError(f"overrides name unknown hyperparameters {sorted(unknown)}; known: {sorted(known)}")
+
+    def _check_variants(self) -> None:
+        fields_ = {"algorithm", "defaults", "overrides", "search", "label"}
+        for name, variant in self.variants.items():
+            if name in ALGORITHM_NAMES:
+                raise ValueError(f"variant {name!r} has the name of an algorithm; give it its own name")
+            if not isinstance(variant, Mapping) or variant.get("algorithm") not in ALGORITHM_NAMES:
+                raise ValueError(f"variant {name!r} needs 'algorithm', one of {', '.join(ALGORITHM_NAMES)}")
+            extra = set(variant) - fields_
+            if extra:
+                raise ValueError(f"variant {name!r}: unknown fields {sorted(extra)}; known: {sorted(fields_)}")
+            for dataset in self.datasets:
+                known = set(default_hparams(variant["algorithm"], dataset))
+                for part in ("defaults", "overrides", "search"):
+                    unknown = set(variant.get(part, {})) - known
+                    if unknown:
+                        raise ValueError(f"variant {name!r} {part}: unknown hyperparameters {sorted(unknown)}")
+                for key, distribution in variant.get("search", {}).items():
+                    distribution_from_spec(distribution, f"variant {name!r} search {key!r}")
+
+    def algorithm_of(self, method: str) -> str:
+        """The algorithm a method of ``algorithms`` runs (itself, or its variant's algorithm)."""
+        return self.variants[method]["algorithm"] if method in self.variants else method
 
     def to_dict(self) -> dict[str, Any]:
         values = asdict(self)
         values["overrides"] = dict(self.overrides)
         values["data"] = {k: dict(v) for k, v in self.data.items()}
+        values["variants"] = json.loads(json.dumps(self.variants))
         return values
 
     @classmethod
@@ -187,6 +221,11 @@ class PlannedRun:
 
     config: RunConfig
     hparams_index: int
+    method: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.method is None:
+            object.__setattr__(self, "method", self.config.algorithm)
 
     @property
     def folder_name(self) -> str:
@@ -197,13 +236,18 @@ class PlannedRun:
         return "default" if self.hparams_index == 0 else f"draw {self.hparams_index}"
 
 
-def _settings(spec: SweepSpec, algorithm: str, dataset: str) -> list[dict[str, Any]]:
-    settings = [default_hparams(algorithm, dataset)]
+def _settings(spec: SweepSpec, method: str, dataset: str) -> list[dict[str, Any]]:
+    algorithm = spec.algorithm_of(method)
+    variant = spec.variants.get(method, {})
+    search = {k: distribution_from_spec(v, k) for k, v in variant.get("search", {}).items()}
+    settings = [{**default_hparams(algorithm, dataset), **variant.get("defaults", {})}]
     settings += [
-        random_hparams(algorithm, dataset, draw_seed(spec.hparams_seed, i)) for i in range(1, spec.n_hparams + 1)
+        random_hparams(algorithm, dataset, draw_seed(spec.hparams_seed, i), search)
+        for i in range(1, spec.n_hparams + 1)
     ]
     for hparams in settings:
         hparams.update({k: v for k, v in spec.overrides.items() if k in hparams})
+        hparams.update(variant.get("overrides", {}))
         if spec.steps is not None:
             hparams.pop("epochs", None)  # an explicit step count replaces an epoch count
             hparams["steps"] = spec.steps
@@ -221,11 +265,11 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
     for dataset in spec.datasets:
         options = dict(spec.data.get(dataset, {}))
         for seed in spec.seeds:
-            for algorithm in spec.algorithms:
-                for index, hparams in enumerate(_settings(spec, algorithm, dataset)):
+            for method in spec.algorithms:
+                for index, hparams in enumerate(_settings(spec, method, dataset)):
                     config = RunConfig(
                         dataset,
-                        algorithm,
+                        spec.algorithm_of(method),
                         hparams,
                         seed,
                         data=options,
@@ -241,7 +285,7 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
                                 "hparams_seed to draw other settings"
                             )
                         continue
-                    runs[name] = PlannedRun(config, index)
+                    runs[name] = PlannedRun(config, index, method)
     return list(runs.values())
 
 
@@ -749,7 +793,7 @@ def collect(
         if nonfinite:
             notes.append(f"diverged run left out (non-finite {', '.join(nonfinite[:3])}): {run.folder_name}")
             continue
-        key = (run.config.dataset, run.config.algorithm)
+        key = (run.config.dataset, run.method)
         groups.setdefault(key, {}).setdefault(run.hparams_index, []).append((run, inspection.rows))
         for note in inspection.notes:
             if note not in notes:
@@ -790,7 +834,7 @@ def collect(
             for metric in metrics:
                 values = [100.0 * float(row[metric]) for row in chosen.rows if row.get(metric) is not None]
                 record[f"{metric} mean"], record[f"{metric} std"] = selection.mean_std(values)
-                paper = paper_number(dataset, algorithm, metric, data)
+                paper = paper_number(dataset, chosen_runs[0].config.algorithm, metric, data)
                 if paper is not None:
                     record[f"{metric} paper"] = paper[0]
                     record[f"{metric} paper std"] = paper[1] if paper[1] is not None else float("nan")
