@@ -15,14 +15,17 @@ from typer.testing import CliRunner
 from gradstarve.cli import app
 from gradstarve.data.celeba import CELEBA_ATTRIBUTES, CelebAFileNotFoundError, CelebAFormatError, index_celeba
 from gradstarve.data.errors import CorruptDataError, DataError, MissingDataError
+from gradstarve.experiments import sweep
 from gradstarve.experiments.reproduce.base import DataMissingError
 from gradstarve.experiments.reproduce.celeba import (
     CPU_COMMON,
     GROUP_NAMES,
     METHODS,
+    SEARCHED_METHODS,
     CelebASetup,
     candidate_rows,
     group_rows,
+    search_spec,
     seed_results,
     table2_markdown,
     table2_rows,
@@ -92,12 +95,17 @@ def tiny_setup(cache_dir: Path, methods=METHODS, **fields) -> CelebASetup:
 # --------------------------------------------------------------------------------------------------------------
 # End to end on the fake root
 # --------------------------------------------------------------------------------------------------------------
-def test_every_method_runs_end_to_end_and_the_table_matches_the_runs(fake_root, tmp_path):
-    setup = tiny_setup(tmp_path / "cache")
+def test_search_then_final_seeds_end_to_end_and_the_tables_match_the_runs(fake_root, tmp_path):
+    setup = tiny_setup(tmp_path / "cache", n_search=1)
     lines: list[str] = []
     reproduction = write_celeba(tmp_path / "out", setup, data_root=fake_root, report=lines.append)
 
-    assert reproduction.name == "celeba" and len(lines) == len(METHODS)
+    assert reproduction.name == "celeba" and len(lines) == len(METHODS)  # one final run per method
+    search = (tmp_path / "out" / "search.md").read_text()
+    assert search.count("**chosen**") == len(SEARCHED_METHODS)  # one chosen setting per searched method
+    draws = [run for run in sweep.plan(search_spec(setup, 24)) if run.hparams_index == 1]  # a draw equal to the
+    assert search.count("| draw 1 |") == len(draws) >= 4 and "sd_lam" in search  # default is the same run
+    assert (tmp_path / "out" / "search" / "spec.json").exists() and (tmp_path / "out" / "final" / "spec.json").exists()
     table = reproduction.data["table2"]
     assert len(table) == 2 * len(METHODS)  # both selection rules for every method
     assert set(table["selection"]) == {"worst_group_validation", "average_validation"}
@@ -116,28 +124,37 @@ def test_every_method_runs_end_to_end_and_the_table_matches_the_runs(fake_root, 
         assert row["step"] > 0 and row["last_step"] == 2 * (3 if row["method"] == "jtt" else 2)  # 2 steps per epoch
     jtt = seeds[seeds["method"] == "jtt"]
     assert (jtt["epoch"] > 1).all()  # selected from JTT's second stage only (T = 1 epoch)
-    for method in METHODS:  # 24 training images, batches of 12: an evaluation every 2 steps
-        assert setup.resolved().config(method, 0, 24).eval_every == 2
+    hparams = reproduction.data["hparams"].set_index("method")
+    sd_gamma, margin_gamma = hparams.loc["sd", "sd_gamma"], hparams.loc["sd_margin", "sd_gamma"]
+    assert (
+        margin_gamma.startswith("[-") and sd_gamma.strip("[]").split(",")[1] == margin_gamma.strip("[]").split(",")[1]
+    )
+    assert hparams.loc["sd_eq25", "sd_gamma"] == "0.0"
+    verdict = reproduction.data["verdict"]
+    assert set(verdict["method"]) == {"sd", "sd_eq25", "sd_margin"} and (verdict["seeds"] == 1).all()
+    assert any("minus ERM, worst-group test accuracy" in note for note in reproduction.notes)
     files = {path.name for path in reproduction.files}
     assert {"table2.md", "table2.csv", "table2_groups.csv", "table2_seeds.csv", "table2_groups.png"} <= files
+    assert {"search.md", "search.csv", "table2_verdict.csv"} <= files
     markdown = (tmp_path / "out" / "table2.md").read_text()
     assert "40.35 ± 1.68" in markdown and "from scratch" in markdown and "n = 2" in markdown
 
-    # a second call finds every run done and rebuilds the same table without training
+    # a second call finds every run done and rebuilds the same tables without training
+    runs_before = sorted(p.name for p in (tmp_path / "out" / "runs").iterdir())
     again = write_celeba(tmp_path / "out", setup, data_root=fake_root, report=lines.append)
-    assert all("already done" in line for line in lines[len(METHODS) :])
     assert again.data["seeds"].equals(seeds)
-    # report only: reads what exists (seed 1 was never run) and says so
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == runs_before
+    # report only: reads what exists (seed 1 was never run), names it and never counts it
     partial = write_celeba(
         tmp_path / "partial",
-        replace(setup, seeds=(0, 1), methods=("erm",)),
+        replace(setup, seeds=(0, 1)),
         runs_dir=tmp_path / "out" / "runs",
         data_root=fake_root,
         report_only=True,
     )
-    assert partial.data["table2"]["seeds"].tolist() == [1, 1]
-    assert any("ERM seed 1: not started" in note for note in partial.notes)
-    assert not (tmp_path / "out" / "runs" / setup.config("erm", 1, 24).folder_name()).exists()
+    assert (partial.data["table2"]["seeds"] == 1).all()
+    assert any("INCOMPLETE" in note and "ERM seed 1" in note for note in partial.notes)
+    assert sorted(p.name for p in (tmp_path / "out" / "runs").iterdir()) == runs_before
 
 
 def test_missing_celeba_raises_data_missing_error(tmp_path):
@@ -186,6 +203,9 @@ def test_cpu_preset_overrides_the_paper_defaults_without_changing_them():
     erm = setup.config("erm", 0, 16000)
     assert "momentum" not in erm.hparams and erm.hparams["pretrained"] is False
     assert erm.eval_every == 125 and erm.eval_splits == ("val", "test")
+    assert setup.resolved().n_search == 8 and setup.resolved().seeds == (0, 1, 2, 3, 4)
+    assert setup.config("sd_eq25", 0, 16000).hparams["sd_gamma"] == 0.0
+    assert setup.config("sd_margin", 0, 16000).hparams["sd_gamma"] == [-0.44, 2.5]
     paper = CelebASetup(preset="paper").config("erm", 0, 16000)
     assert (paper.hparams["optimizer"], paper.hparams["lr"], paper.hparams["model"]) == ("sgd", 1e-5, "resnet50")
     assert paper.hparams["pretrained"] is False and paper.data["resolution"] == 224

@@ -319,3 +319,47 @@ def test_collect_puts_the_papers_numbers_beside_ours(tmp_path):
     assert "test/accuracy (paper)" in markdown and "23.7 ± 0.8" in markdown and "+0.4" in markdown
     result = CliRunner().invoke(app, ["sweep", "collect", str(tmp_path), "--rule", "last_step"])
     assert result.exit_code == 0 and "last_step" in result.output and "results.md" in result.output
+
+
+def test_variants_are_named_methods_with_their_own_search_space(tmp_path):
+    variants = {
+        "sd_wide": {
+            "algorithm": "sd",
+            "defaults": {"sd_lam": 0.5},
+            "overrides": {"sd_gamma": 0.25},
+            "search": {"sd_lam": {"log_uniform": [10.0, 30.0]}},
+        }
+    }
+    spec = sweep.SweepSpec(("synthetic",), ("sd", "sd_wide"), (0,), n_hparams=3, variants=variants)
+    assert sweep.SweepSpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
+    runs = [run for run in sweep.plan(spec) if run.method == "sd_wide"]
+    assert [run.config.algorithm for run in runs] == ["sd"] * 4
+    lams = [run.config.hparams["sd_lam"] for run in runs]
+    assert lams[0] == 0.5 and all(10.0 <= lam <= 30.0 for lam in lams[1:])  # the table's range is [2e-5, 0.2]
+    assert all(run.config.hparams["sd_gamma"] == 0.25 for run in runs)
+    plain = [run for run in sweep.plan(spec) if run.method == "sd"]
+    assert all(run.config.hparams["sd_lam"] <= 0.2 for run in plain)
+
+    def rows(run):
+        return [{"step": 0, "test/accuracy": 0.5}, {"step": 10, "test/accuracy": 0.6 if run.method == "sd" else 0.9}]
+
+    hand_written_sweep(tmp_path, spec, rows)
+    table = sweep.collect(tmp_path, rules=["last_step"]).table.set_index("algorithm")
+    assert table.loc["sd_wide", "test/accuracy mean"] == pytest.approx(90.0)
+    assert table.loc["sd", "test/accuracy mean"] == pytest.approx(60.0)
+
+
+@pytest.mark.parametrize(
+    ("variants", "message"),
+    [
+        ({"erm": {"algorithm": "sd"}}, "name of another algorithm"),
+        ({"x": {"algorithm": "nope"}}, "needs 'algorithm'"),
+        ({"x": {"algorithm": "sd", "serach": {}}}, "unknown fields"),
+        ({"x": {"algorithm": "sd", "search": {"sd_lamda": {"fixed": 1}}}}, "unknown hyperparameters"),
+        ({"x": {"algorithm": "sd", "search": {"sd_lam": {"log_uniform": [0, 1]}}}}, "0 < low"),
+        ({"x": {"algorithm": "sd", "search": {"sd_lam": {"gauss": [0, 1]}}}}, "unknown distribution"),
+    ],
+)
+def test_bad_variants_are_refused(variants, message):
+    with pytest.raises(ValueError, match=message):
+        sweep.SweepSpec(("synthetic",), ("erm",), variants=variants)

@@ -97,7 +97,9 @@ class SweepSpec:
             ``{"sd_eq25": {"algorithm": "sd", "overrides": {"sd_gamma": 0.0}, "search": {"sd_lam": {"log_uniform":
             [1e-3, 30]}}, "defaults": {"sd_lam": 0.1}}}``: ``search`` replaces the table's search distributions
             (:func:`gradstarve.hparams.distribution_from_spec`), ``defaults`` changes setting 0 only, ``overrides``
-            every setting (after the sweep's own ``overrides``). Runs of a variant are grouped under its name.
+            every setting (after the sweep's own ``overrides``), ``remove`` drops hyperparameters the variant does
+            not read (e.g. ``momentum`` once the optimizer is Adam). Runs of a variant are grouped under its name;
+            a variant may carry its own algorithm's name (``"erm": {"algorithm": "erm", "overrides": ...}``).
     """
 
     datasets: tuple[str, ...]
@@ -154,19 +156,19 @@ class SweepSpec:
             raise ValueError(f"overrides name unknown hyperparameters {sorted(unknown)}; known: {sorted(known)}")
 
     def _check_variants(self) -> None:
-        fields_ = {"algorithm", "defaults", "overrides", "search", "label"}
+        fields_ = {"algorithm", "defaults", "overrides", "search", "remove", "label"}
         for name, variant in self.variants.items():
-            if name in ALGORITHM_NAMES:
-                raise ValueError(f"variant {name!r} has the name of an algorithm; give it its own name")
             if not isinstance(variant, Mapping) or variant.get("algorithm") not in ALGORITHM_NAMES:
                 raise ValueError(f"variant {name!r} needs 'algorithm', one of {', '.join(ALGORITHM_NAMES)}")
+            if name in ALGORITHM_NAMES and name != variant["algorithm"]:
+                raise ValueError(f"variant {name!r} has the name of another algorithm; give it its own name")
             extra = set(variant) - fields_
             if extra:
                 raise ValueError(f"variant {name!r}: unknown fields {sorted(extra)}; known: {sorted(fields_)}")
             for dataset in self.datasets:
                 known = set(default_hparams(variant["algorithm"], dataset))
-                for part in ("defaults", "overrides", "search"):
-                    unknown = set(variant.get(part, {})) - known
+                for part in ("defaults", "overrides", "search", "remove"):
+                    unknown = set(variant.get(part, ())) - known
                     if unknown:
                         raise ValueError(f"variant {name!r} {part}: unknown hyperparameters {sorted(unknown)}")
                 for key, distribution in variant.get("search", {}).items():
@@ -248,6 +250,8 @@ def _settings(spec: SweepSpec, method: str, dataset: str) -> list[dict[str, Any]
     for hparams in settings:
         hparams.update({k: v for k, v in spec.overrides.items() if k in hparams})
         hparams.update(variant.get("overrides", {}))
+        for name in variant.get("remove", ()):
+            hparams.pop(name, None)
         if spec.steps is not None:
             hparams.pop("epochs", None)  # an explicit step count replaces an epoch count
             hparams["steps"] = spec.steps
@@ -499,6 +503,7 @@ def launch(
     device: str = "cpu",
     on_event: EventHandler | None = None,
     lock_timeout: float = 10.0,
+    runs_dir: Path | str | None = None,
 ) -> LaunchSummary:
     """Run every unfinished run of the sweep in ``sweep_dir`` (writing ``spec`` there first if given).
 
@@ -512,6 +517,8 @@ def launch(
             folder must then be on storage every node sees.
         data_root: where data files live (not part of a run's identity).
         on_event: receives :class:`RunEvent` s (progress displays).
+        runs_dir: put the run folders here instead of ``sweep_dir/runs`` (several sweeps, e.g. a search and its
+            final seeds, can then share one folder of runs; a run is the same folder whichever sweep plans it).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -526,7 +533,7 @@ def launch(
     if spec is not None:
         save_spec(sweep_dir, spec)
     runs = plan(open_spec(sweep_dir))
-    root = runs_root(sweep_dir)
+    root = Path(runs_dir).absolute() if runs_dir is not None else runs_root(sweep_dir)
     data_root = None if data_root is None else str(Path(data_root).expanduser().absolute())
     preflight = {}
     for run in runs:  # the data of every unfinished run, checked once per (dataset, options), before any folder

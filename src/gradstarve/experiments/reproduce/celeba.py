@@ -71,22 +71,31 @@ from matplotlib.figure import Figure
 
 from gradstarve import metrics
 from gradstarve.data.celeba import celeba_group_names
-from gradstarve.experiments import selection
+from gradstarve.experiments import selection, sweep
 from gradstarve.experiments.reproduce._output import markdown_table, save_figure, save_table, save_text
 from gradstarve.experiments.reproduce.base import DataMissingError, Reproduction, evidence
 from gradstarve.experiments.reproduce.paper_numbers import PAPER_RUNS, TABLE2, difference_in_std
 from gradstarve.experiments.tasks import Task, load_task
-from gradstarve.experiments.train import RunConfig, inspect_run, make_config, nonfinite_metrics, train
+from gradstarve.experiments.train import RunConfig, inspect_run, nonfinite_metrics
+from gradstarve.hparams import default_hparams
 from gradstarve.models.resnet import PRESETS
 
-METHODS: tuple[str, ...] = ("erm", "sd", "group_dro", "lff", "jtt")
-DEFAULT_METHODS: tuple[str, ...] = ("erm", "sd", "group_dro")
+METHODS: tuple[str, ...] = ("erm", "sd", "sd_eq25", "sd_margin", "group_dro", "lff", "jtt")
+DEFAULT_METHODS: tuple[str, ...] = METHODS
+#: Methods whose hyperparameters are searched; ``sd_margin`` is ``sd`` at its chosen setting with γ_0 on the margin.
+SEARCHED_METHODS: tuple[str, ...] = ("erm", "sd", "sd_eq25", "group_dro", "lff", "jtt")
+#: The algorithm each method runs (the SD rows are one algorithm with other hyperparameters).
+ALGORITHM_OF: dict[str, str] = {"sd_eq25": "sd", "sd_margin": "sd"}
 RULES: tuple[str, ...] = ("worst_group_validation", "average_validation")
+#: Hyperparameter settings are chosen by this rule on the search seed's validation data (never test).
+SEARCH_RULE = "worst_group_validation"
 TARGET, ATTRIBUTE = "Blond_Hair", "Male"
 GROUP_NAMES: tuple[str, ...] = celeba_group_names(TARGET, ATTRIBUTE)
 LABELS: dict[str, str] = {
     "erm": "ERM",
-    "sd": "SD (Eq. 28, per class)",
+    "sd": "SD (Eq. 28, per class, released γ convention)",
+    "sd_eq25": "SD (plain Eq. 25)",
+    "sd_margin": "SD (Eq. 28, γ on the true-class margin)",
     "group_dro": "Group DRO",
     "lff": "LfF",
     "jtt": "JTT",
@@ -107,9 +116,30 @@ CPU_COMMON: dict[str, Any] = {
 CPU_HPARAMS: dict[str, dict[str, Any]] = {
     "erm": {},
     "sd": {},  # keeps App. A.3's λ = (0.088, 0.012), γ = (0.44, 2.5): logit-scale values, not tied to the optimiser
+    "sd_eq25": {"sd_lam": 0.2, "sd_gamma": 0.0},  # released table_2.sh's sp = 0.1 = λ/2, one λ, no target
+    "sd_margin": {},  # sd's setting, γ_0 negated (see margin_gamma)
     "group_dro": {"groupdro_eta": 0.01},  # Sagawa et al.'s η; their strong L2 (0.1) is for SGD on a pretrained net
     "lff": {"lff_q": 0.7, "lff_ema": 0.7},  # Nam et al.'s values; batch 128 (not 256) to keep steps comparable
     "jtt": {"jtt_first_stage_epochs": 2, "jtt_upweight": 20.0, "epochs": 22},  # T = 2, then 20 final epochs
+}
+#: The search space of each method on the cpu preset: seeded random draws (DomainBed's and SubpopBench's protocol,
+#: :func:`gradstarve.hparams.distribution_from_spec`), setting 0 being :data:`CPU_HPARAMS`. Ranges: around the
+#: from-scratch Adam recipe for the optimiser; SD's λ over 1e-3..30 per class (App. A.3 searched λ and γ; Shrestha
+#: et al. 2022 chose λ = 10 for a from-scratch ResNet-18) and γ over the released ranges; Group DRO's η over
+#: Sagawa et al.'s grid's span; JTT's T and λ_up over Liu et al.'s grid; LfF's q over (0.3, 0.9).
+CPU_SEARCH: dict[str, dict[str, Any]] = {
+    "erm": {"lr": {"log_uniform": [1e-4, 3e-3]}, "weight_decay": {"log_uniform": [1e-6, 1e-2]}},
+    "sd": {
+        "sd_lam": {"per_class": [{"log_uniform": [1e-3, 30.0]}, {"log_uniform": [1e-3, 30.0]}]},
+        "sd_gamma": {"per_class": [{"uniform": [-1.0, 3.0]}, {"uniform": [0.0, 4.0]}]},
+    },
+    "sd_eq25": {"sd_lam": {"log_uniform": [1e-3, 30.0]}},
+    "group_dro": {"groupdro_eta": {"log_uniform": [1e-3, 1e-1]}, "weight_decay": {"log_uniform": [1e-6, 1e-2]}},
+    "lff": {"lff_q": {"uniform": [0.3, 0.9]}},
+    "jtt": {
+        "jtt_first_stage_epochs": {"choice": [1, 2, 3, 5]},
+        "jtt_upweight": {"choice": [5.0, 10.0, 20.0, 50.0, 100.0]},
+    },
 }
 #: ``quick=True``: what changes (over the preset's values) to finish in minutes.
 QUICK_TRAIN_SIZE = 2000
@@ -119,19 +149,22 @@ QUICK_CPU_RESOLUTION = 32  # the cpu preset's evaluations of val + test (9,175 i
 
 @dataclass(frozen=True)
 class CelebASetup:
-    """What to run.
+    """What to run: a seeded random search per method on one seed, then every method at its chosen setting on
+    ``seeds`` (both through :mod:`gradstarve.experiments.sweep`).
 
     Attributes:
         preset: ``"cpu"`` or ``"paper"`` (see the module docstring).
         methods: a subset of :data:`METHODS`.
-        seeds: one run per seed and method (default: 0, 1, 2; with ``quick``: 0).
+        seeds: the final table's seeds (default: 0-4; with ``quick``: 0).
         quick: a smoke test (see the module docstring).
         resolution: image side (default: the preset's, 64 or 224).
         train_size: train on a seeded random subset of this many training images (default: all; quick: 2,000).
-        hparams: per-method overrides applied last, e.g. ``{"sd": {"sd_lam": [0.1, 0.01]}}``.
+        hparams: per-method values applied to every setting (searched or not), e.g. ``{"sd": {"epochs": 10}}``.
         pretrained_weights: a local torchvision-format ImageNet checkpoint (the paper preset's ResNet-50 only).
         evaluations_per_epoch: how often val and test are evaluated (the selection candidates).
         cache_dir: the image cache (default ``$XDG_CACHE_HOME/gradstarve/image-cache``).
+        n_search: random settings per searched method besides the default (setting 0); default 8, quick 0.
+        search_seed: the seed the search runs on (its runs are also that seed's final runs).
     """
 
     preset: str = "cpu"
@@ -144,6 +177,8 @@ class CelebASetup:
     pretrained_weights: str | None = None
     evaluations_per_epoch: int = 1
     cache_dir: str | None = None
+    n_search: int | None = None
+    search_seed: int = 0
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -155,25 +190,30 @@ class CelebASetup:
             raise ValueError(f"seeds must be distinct and at least one, got {list(self.seeds)}")
         if self.evaluations_per_epoch < 1:
             raise ValueError(f"evaluations_per_epoch must be >= 1, got {self.evaluations_per_epoch}")
+        if self.n_search is not None and self.n_search < 0:
+            raise ValueError(f"n_search must be >= 0, got {self.n_search}")
         extra = [m for m in self.hparams if m not in METHODS]
         if extra:
             raise ValueError(f"hparams overrides name unknown methods {extra}; known: {METHODS}")
+        if "sd_margin" in self.methods and "sd" not in self.methods:
+            raise ValueError("sd_margin is sd at its chosen setting with γ_0 on the margin: include sd too")
 
     def resolved(self) -> CelebASetup:
-        """The set-up with the defaults filled in: seeds, and ``quick``'s training subset and resolution."""
-        seeds = self.seeds if self.seeds is not None else ((0,) if self.quick else (0, 1, 2))
+        """The set-up with the defaults filled in: seeds, search size, and ``quick``'s subset and resolution."""
+        seeds = self.seeds if self.seeds is not None else ((0,) if self.quick else (0, 1, 2, 3, 4))
         train_size = self.train_size or (QUICK_TRAIN_SIZE if self.quick else None)
         resolution = self.resolution
         if resolution is None and self.quick and self.preset == "cpu":
             resolution = QUICK_CPU_RESOLUTION
-        return replace(self, seeds=tuple(seeds), train_size=train_size, resolution=resolution)
+        n_search = self.n_search if self.n_search is not None else (0 if self.quick else 8)
+        return replace(self, seeds=tuple(seeds), train_size=train_size, resolution=resolution, n_search=n_search)
 
     @property
     def pretrained(self) -> bool:
         return self.pretrained_weights is not None
 
     def method_hparams(self, method: str) -> dict[str, Any]:
-        """The overrides of ``hparams.py``'s defaults for ``method`` under this set-up (preset, quick, user)."""
+        """The overrides of ``hparams.py``'s defaults for ``method``'s setting 0 (preset, quick, user)."""
         overrides: dict[str, Any] = {}
         if self.preset == "cpu":
             overrides.update(CPU_COMMON)
@@ -181,11 +221,35 @@ class CelebASetup:
         else:
             overrides["pretrained"] = self.pretrained
             overrides["model"] = PRESETS[self.preset].architecture
+            if method == "sd_eq25":
+                overrides.update(CPU_HPARAMS["sd_eq25"])
+        if method == "sd_margin":
+            gamma = overrides.get("sd_gamma", default_hparams("sd", "celeba")["sd_gamma"])
+            overrides["sd_gamma"] = margin_gamma(gamma)
         if self.quick:
             first_stage = int(overrides.get("jtt_first_stage_epochs", 1)) if method == "jtt" else 0
             overrides["epochs"] = first_stage + QUICK_EPOCHS
         overrides.update(self.hparams.get(method, {}))
         return overrides
+
+    def variant(self, method: str) -> dict[str, Any]:
+        """``method`` as a :class:`~gradstarve.experiments.sweep.SweepSpec` variant: setting 0 is
+        :meth:`method_hparams`, draws come from :data:`CPU_SEARCH` (cpu preset), the user's ``hparams`` are fixed."""
+        algorithm = ALGORITHM_OF.get(method, method)
+        values = self.method_hparams(method)
+        search = dict(CPU_SEARCH.get(method, {})) if self.preset == "cpu" else {}
+        for name in self.hparams.get(method, {}):
+            search.pop(name, None)  # a value the user fixed is not searched
+        variant: dict[str, Any] = {
+            "algorithm": algorithm,
+            "label": LABELS[method],
+            "defaults": {k: v for k, v in values.items() if k in search},
+            "overrides": {k: v for k, v in values.items() if k not in search},
+            "search": search,
+        }
+        if values.get("optimizer") == "adam" and "momentum" in default_hparams(algorithm, "celeba"):
+            variant["remove"] = ["momentum"]  # read by SGD only; left in, it would read as if it were used
+        return variant
 
     def data_options(self) -> dict[str, Any]:
         """The celeba task's options (:func:`gradstarve.experiments.tasks.load_task`), without the data root."""
@@ -205,25 +269,76 @@ class CelebASetup:
         return options
 
     def config(self, method: str, seed: int, n_train: int) -> RunConfig:
-        """The run of ``method`` with ``seed`` on a training split of ``n_train`` images."""
+        """The run of ``method``'s setting 0 (no search) with ``seed`` on a training split of ``n_train`` images."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-        overrides = self.method_hparams(method)
-        probe = make_config("celeba", method, seed, overrides)
-        hparams = dict(probe.hparams)
-        if hparams.get("optimizer") == "adam":
-            hparams.pop("momentum", None)  # read by SGD only; left in, it would read as if it were used
-        per_epoch = math.ceil(n_train / int(hparams["batch_size"]))
-        eval_every = max(1, per_epoch // self.evaluations_per_epoch)
-        return RunConfig(
-            "celeba",
-            method,
-            hparams,
-            seed,
-            data=self.data_options(),
-            eval_every=eval_every,
-            eval_splits=("val", "test"),
-        )
+        spec = _spec(self, (method,), (seed,), 0, {method: self.variant(method)}, n_train)
+        return sweep.plan(spec)[0].config
+
+
+def margin_gamma(gamma: Any) -> list[float]:
+    """γ of the released code's convention (the raw target logit of each class: class-0 logits pulled to +γ_0)
+    turned into targets on the true-class margin: class 0's target logit becomes -γ_0 (its margin -ŷ is pulled to
+    +γ_0), class 1's stays +γ_1."""
+    values = [float(g) for g in gamma] if isinstance(gamma, list | tuple) else [float(gamma), float(gamma)]
+    return [-values[0], *values[1:]]
+
+
+def _spec(
+    setup: CelebASetup,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    n_hparams: int,
+    variants: Mapping[str, Mapping[str, Any]],
+    n_train: int,
+) -> sweep.SweepSpec:
+    # One evaluation interval for the sweep: the shortest epoch among the methods' batch sizes, so every method is
+    # evaluated at least evaluations_per_epoch times an epoch (the selection candidates).
+    batches = []
+    for method in methods:
+        variant = variants[method]
+        values = {**default_hparams(variant["algorithm"], "celeba"), **variant.get("defaults", {})}
+        batches.append(int({**values, **variant.get("overrides", {})}["batch_size"]))
+    per_epoch = min(math.ceil(n_train / batch) for batch in batches)
+    return sweep.SweepSpec(
+        datasets=("celeba",),
+        algorithms=tuple(methods),
+        seeds=tuple(seeds),
+        n_hparams=n_hparams,
+        hparams_seed=0,
+        data={"celeba": setup.data_options()},
+        eval_every=max(1, per_epoch // setup.evaluations_per_epoch),
+        eval_splits=("val", "test"),
+        variants=dict(variants),
+    )
+
+
+def search_spec(setup: CelebASetup, n_train: int) -> sweep.SweepSpec:
+    """The search: every searched method of ``setup`` at setting 0 and ``n_search`` seeded draws, on the search
+    seed. Selection (:func:`choose_settings`) reads validation data only."""
+    setup = setup.resolved()
+    methods = [m for m in setup.methods if m in SEARCHED_METHODS]
+    variants = {m: setup.variant(m) for m in methods}
+    return _spec(setup, methods, (setup.search_seed,), int(setup.n_search), variants, n_train)
+
+
+def final_spec(setup: CelebASetup, chosen: Mapping[str, Mapping[str, Any]], n_train: int) -> sweep.SweepSpec:
+    """Every method with a chosen setting (``chosen``: method -> complete hyperparameters) on the final seeds.
+    ``sd_margin`` runs ``sd``'s chosen setting with γ_0 on the margin. The search seed's runs are the search's own
+    folders (same configuration, same hash)."""
+    setup = setup.resolved()
+    settings = dict(chosen)
+    if "sd_margin" in setup.methods and "sd" in chosen:
+        settings["sd_margin"] = {**chosen["sd"], "sd_gamma": margin_gamma(chosen["sd"]["sd_gamma"])}
+    methods = [m for m in setup.methods if m in settings]
+    variants = {}
+    for method in methods:
+        algorithm = ALGORITHM_OF.get(method, method)
+        extra = [k for k in default_hparams(algorithm, "celeba") if k not in settings[method]]
+        variants[method] = {"algorithm": algorithm, "label": LABELS[method], "overrides": dict(settings[method])}
+        if extra:
+            variants[method]["remove"] = extra
+    return _spec(setup, methods, setup.seeds, 0, variants, n_train)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -231,8 +346,9 @@ class CelebASetup:
 # --------------------------------------------------------------------------------------------------------------
 @dataclass
 class CelebARuns:
-    """The runs of a set-up: metrics rows and run folder per started ``(method, seed)``, the runs not started
-    (``missing``, with ``report_only``), steps per epoch and in all per method, and group counts per split."""
+    """The runs of a set-up: metrics rows and run folder per finished final ``(method, seed)``, the final runs not
+    finished (``missing``), steps per epoch and in all per method, group counts per split, the search's rows
+    (:func:`choose_settings`) and the hyperparameters of each method's final runs (``chosen``)."""
 
     setup: CelebASetup
     metrics: dict[tuple[str, int], list[dict[str, Any]]]
@@ -242,6 +358,9 @@ class CelebARuns:
     group_counts: dict[str, dict[str, int]]
     missing: list[tuple[str, int]] = field(default_factory=list)
     seconds: float = 0.0
+    search: list[dict[str, Any]] = field(default_factory=list)
+    chosen: dict[str, dict[str, Any]] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
 
 
 def load_celeba_task(setup: CelebASetup, data_root: Path | str | None = None, progress: bool = False) -> Task:
@@ -257,6 +376,73 @@ def load_celeba_task(setup: CelebASetup, data_root: Path | str | None = None, pr
         ) from error
 
 
+def _inspect(run: sweep.PlannedRun, runs_dir: Path) -> tuple[list[dict[str, Any]] | None, str]:
+    """A planned run's rows if finished, intact and finite, else ``None``; and its state in words."""
+    inspection = inspect_run(Path(runs_dir) / run.folder_name, run.config)
+    nonfinite = nonfinite_metrics(inspection.rows)
+    if inspection.finished and not nonfinite:
+        return inspection.rows, f"done, step {inspection.rows[-1]['step']}"
+    if inspection.state == "damaged":
+        return None, f"DAMAGED, not counted ({inspection.problem})"
+    if nonfinite:
+        return None, f"diverged (non-finite {', '.join(nonfinite[:3])}), not counted"
+    if inspection.rows:
+        return None, f"unfinished at step {inspection.rows[-1]['step']}, not counted"
+    return None, "not started"
+
+
+def _own_keys(method: str) -> tuple[str, ...]:
+    return (*_COMMON_KEYS, "epochs", *_METHOD_KEYS.get(ALGORITHM_OF.get(method, method), ()))
+
+
+def choose_settings(
+    setup: CelebASetup, runs: Sequence[sweep.PlannedRun], runs_dir: Path
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[str]]:
+    """Hyperparameter selection on the search seed's *validation* data: per method, the setting whose evaluation
+    picked by :data:`SEARCH_RULE` (among the candidates of :func:`candidate_rows`) has the best validation
+    worst-group accuracy. A method is chosen only once all its settings have finished.
+
+    Returns ``(chosen, rows, problems)``: method -> complete hyperparameters; one row per (method, setting) with
+    the setting's own hyperparameters, its validation worst-group and average accuracy at the picked evaluation,
+    its state and whether it was chosen; and one line per run that is damaged or diverged.
+    """
+    by_method: dict[str, list[tuple[sweep.PlannedRun, list[dict[str, Any]] | None, str]]] = {}
+    problems = []
+    for run in runs:
+        rows, state = _inspect(run, runs_dir)
+        if state.startswith(("DAMAGED", "diverged")):
+            problems.append(f"{LABELS[run.method]} search setting {run.hparams_index}: {state} ({run.folder_name})")
+        by_method.setdefault(run.method, []).append((run, rows, state))
+    chosen: dict[str, dict[str, Any]] = {}
+    table: list[dict[str, Any]] = []
+    for method, entries in by_method.items():
+        scores = {}
+        for run, rows, _ in entries:
+            candidates = candidate_rows(rows, method) if rows else []
+            if candidates:
+                picked = selection.select_step(candidates, SEARCH_RULE)
+                scores[run.hparams_index] = (
+                    float(picked["val/worst_group_accuracy"]),
+                    float(picked["val/accuracy"]),
+                    picked["step"],
+                )
+        complete = all(rows is not None for _, rows, _ in entries)
+        best = max(scores, key=lambda index: scores[index][0]) if complete and scores else None
+        for run, _, state in entries:
+            score = scores.get(run.hparams_index)
+            line: dict[str, Any] = {"method": method, "setting": run.hparams_label}
+            line.update({k: run.config.hparams[k] for k in _own_keys(method) if k in run.config.hparams})
+            line["val_worst_group"] = 100 * score[0] if score else None
+            line["val_average"] = 100 * score[1] if score else None
+            line["step"] = score[2] if score else None
+            line["state"] = state
+            line["chosen"] = run.hparams_index == best
+            table.append(line)
+            if run.hparams_index == best:
+                chosen[method] = dict(run.config.hparams)
+    return chosen, table, problems
+
+
 def run_celeba(
     setup: CelebASetup,
     runs_dir: Path | str,
@@ -266,70 +452,85 @@ def run_celeba(
     progress: bool = False,
     report: Callable[[str], None] | None = None,
     task: Task | None = None,
-    max_steps: int | None = None,
     report_only: bool = False,
+    specs_dir: Path | str | None = None,
+    workers: int = 0,
+    threads_per_run: int | None = None,
 ) -> CelebARuns:
-    """Train every (method, seed) of ``setup`` into ``runs_dir`` (finished runs are skipped, killed ones resumed).
+    """The search, then the final seeds of every chosen setting, through :func:`gradstarve.experiments.sweep.launch`
+    into ``runs_dir`` (finished runs are skipped, killed ones resumed).
 
     Args:
-        progress: show a progress bar per run.
-        report: called with one line of text after each run.
-        task: an already loaded celeba task (else :func:`load_celeba_task`).
-        max_steps: train each run at most this many steps in this call (the table then uses what exists).
-        report_only: train nothing; read the runs already in ``runs_dir`` (runs not started are listed in
-            ``CelebARuns.missing``).
+        progress: show decoding progress when the image cache is built.
+        report: called with one line of text per final run.
+        task: an already loaded celeba task (else :func:`load_celeba_task`; only its sizes and counts are read).
+        report_only: train nothing; read the runs already in ``runs_dir`` (the others are named, never counted).
+        specs_dir: where the two sweep specs are written (``search/spec.json``, ``final/spec.json``); default the
+            parent of ``runs_dir``.
+        workers, threads_per_run: the sweep's local backend (``workers=0``: one run at a time in this process).
     """
     start = time.perf_counter()
     setup = setup.resolved()
+    runs_dir = Path(runs_dir).absolute()
+    specs_dir = Path(specs_dir) if specs_dir is not None else runs_dir.parent
     if task is None:
         task = load_celeba_task(setup, data_root, progress=progress)
     n_train = len(task.train)
+
+    def launch(name: str, spec: sweep.SweepSpec) -> None:
+        if report_only:
+            return
+        summary = sweep.launch(
+            specs_dir / name,
+            spec,
+            runs_dir=runs_dir,
+            workers=workers,
+            threads_per_run=threads_per_run,
+            data_root=data_root,
+            device=device,
+        )
+        for outcome in summary.failed:
+            if report is not None:
+                report(f"{name} run {outcome.folder_name} {outcome.state}: {outcome.error}")
+
+    search = search_spec(setup, n_train)
+    launch("search", search)
+    chosen, search_rows, problems = choose_settings(setup, sweep.plan(search), runs_dir)
     metrics_by_run: dict[tuple[str, int], list[dict[str, Any]]] = {}
     run_dirs: dict[tuple[str, int], Path] = {}
     steps_per_epoch: dict[str, int] = {}
     total: dict[str, int] = {}
     missing: list[tuple[str, int]] = []
-    for method in setup.methods:
-        for seed in setup.seeds:
-            config = setup.config(method, seed, n_train)
-            steps_per_epoch[method] = math.ceil(n_train / int(config.hparams["batch_size"]))
-            total[method] = int(config.hparams["epochs"]) * steps_per_epoch[method]
-            if report_only:  # only finished, intact, finite runs count; the others are named
-                inspection = inspect_run(Path(runs_dir) / config.folder_name(), config)
-                rows = inspection.rows
-                nonfinite = nonfinite_metrics(rows)
-                if inspection.finished and not nonfinite:
-                    metrics_by_run[(method, seed)] = rows
-                    run_dirs[(method, seed)] = inspection.run_dir
-                    done = f"step {rows[-1]['step']}/{total[method]}"
-                else:
-                    missing.append((method, seed))
-                    if inspection.state == "damaged":
-                        done = f"DAMAGED, not counted ({inspection.problem})"
-                    elif nonfinite:
-                        done = f"diverged (non-finite {', '.join(nonfinite[:3])}), not counted"
-                    elif rows:
-                        done = f"unfinished at step {rows[-1]['step']}/{total[method]}, not counted"
-                    else:
-                        done = "not started"
-                if report is not None:
-                    report(f"{LABELS[method]} seed {seed}: {done} -> {inspection.run_dir}")
-                continue
-            result = train(
-                config, runs_dir, data_root=data_root, device=device, progress=progress, task=task, max_steps=max_steps
-            )
-            metrics_by_run[(method, seed)] = result.metrics
-            run_dirs[(method, seed)] = result.run_dir
-            if report is not None:
-                done = result.metrics[-1]["step"] if result.metrics else 0
-                status = "already done" if result.skipped else f"{result.seconds:.0f} s"
-                report(f"{LABELS[method]} seed {seed}: step {done}/{total[method]} ({status}) -> {result.run_dir}")
+    planned = []
+    if chosen:
+        final = final_spec(setup, chosen, n_train)
+        launch("final", final)
+        planned = sweep.plan(final)
+        chosen = {run.method: dict(run.config.hparams) for run in planned}  # sd_margin included
+    for run in planned:
+        method, seed = run.method, run.config.seed
+        steps_per_epoch[method] = math.ceil(n_train / int(run.config.hparams["batch_size"]))
+        total[method] = int(run.config.hparams["epochs"]) * steps_per_epoch[method]
+        rows, state = _inspect(run, runs_dir)
+        if rows is not None:
+            metrics_by_run[(method, seed)] = rows
+            run_dirs[(method, seed)] = runs_dir / run.folder_name
+        else:
+            missing.append((method, seed))
+            if state.startswith(("DAMAGED", "diverged")):
+                problems.append(f"{LABELS[method]} seed {seed}: {state} ({run.folder_name})")
+        if report is not None:
+            report(f"{LABELS[method]} seed {seed}: {state} -> {runs_dir / run.folder_name}")
+    unchosen = [m for m in setup.methods if m in SEARCHED_METHODS and m not in chosen]
+    missing += [(m, s) for m in unchosen for s in setup.seeds]
     counts = {
         name: dict(zip(GROUP_NAMES, split.group_counts().tolist(), strict=True))
         for name, split in task.evaluation.items()
     }
     seconds = time.perf_counter() - start
-    return CelebARuns(setup, metrics_by_run, run_dirs, steps_per_epoch, total, counts, missing, seconds)
+    return CelebARuns(
+        setup, metrics_by_run, run_dirs, steps_per_epoch, total, counts, missing, seconds, search_rows, chosen, problems
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -660,15 +861,86 @@ def celeba_notes(
     return notes
 
 
-def hparam_rows(setup: CelebASetup, n_train: int) -> list[dict[str, Any]]:
-    """One row per method: the complete hyperparameters used (JSON-ish text) and the run's id."""
-    setup = setup.resolved()
-    rows = []
-    for method in setup.methods:
-        config = setup.config(method, setup.seeds[0], n_train)
-        rows.append({"method": method, **{k: str(v) for k, v in config.hparams.items()}, "run_id": config.run_id()})
+def hparam_rows(hparams_by_method: Mapping[str, Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per method: the complete hyperparameters of its final runs (JSON-ish text)."""
+    rows = [{"method": method, **{k: str(v) for k, v in h.items()}} for method, h in hparams_by_method.items()]
     keys = list(dict.fromkeys(k for row in rows for k in row))
     return [{k: row.get(k, "") for k in keys} for row in rows]
+
+
+def verdict_rows(
+    per_seed: Sequence[Mapping[str, Any]], methods: Sequence[str] = ("sd", "sd_eq25", "sd_margin")
+) -> list[dict[str, Any]]:
+    """SD minus ERM, paired by seed, per SD form and selection rule: the mean difference in test worst-group and
+    average accuracy (points) with a 95 % Student-t interval over the seeds (none for one seed)."""
+    from scipy import stats
+
+    by_key = {(r["method"], r["selection"], r["seed"]): r for r in per_seed}
+    out = []
+    for rule in RULES:
+        for method in methods:
+            seeds = sorted(s for (m, r, s) in by_key if m == method and r == rule and ("erm", rule, s) in by_key)
+            if not seeds:
+                continue
+            row: dict[str, Any] = {"method": method, "label": LABELS[method], "selection": rule, "seeds": len(seeds)}
+            for metric in ("test_worst_group", "test_average"):
+                d = np.array([by_key[(method, rule, s)][metric] - by_key[("erm", rule, s)][metric] for s in seeds])
+                half = float(stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))) if len(d) > 1 else None
+                row[f"{metric}_diff"] = float(d.mean())
+                row[f"{metric}_ci_low"] = None if half is None else float(d.mean() - half)
+                row[f"{metric}_ci_high"] = None if half is None else float(d.mean() + half)
+            out.append(row)
+    return out
+
+
+def verdict_text(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One sentence per (SD form, rule): the paired difference and whether it supports the paper's claim that SD
+    raises the worst group well above ERM's (83.2 vs 40.4 %, Table 2)."""
+    lines = []
+    for row in rows:
+        low, high = row["test_worst_group_ci_low"], row["test_worst_group_ci_high"]
+        interval = "" if low is None else f" [{low:+.1f}, {high:+.1f}]"
+        if low is None:
+            verdict = "one seed: no interval, no verdict"
+        elif low > 0:
+            verdict = "SD helps here (the interval is above 0)"
+        elif high < 0:
+            verdict = "SD hurts here (the interval is below 0): the paper's claim does not hold in this set-up"
+        else:
+            verdict = "no detectable difference (the interval covers 0): the paper's claim is not reproduced here"
+        lines.append(
+            f"{row['label']} minus ERM, worst-group test accuracy, {row['selection']}: "
+            f"{row['test_worst_group_diff']:+.1f} points{interval} over {row['seeds']} paired seeds "
+            f"(average accuracy {row['test_average_diff']:+.1f}); {verdict}."
+        )
+    return lines
+
+
+def search_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The search table: one line per (method, setting), its own hyperparameters, validation worst-group and
+    average accuracy at the evaluation :data:`SEARCH_RULE` picks, and the chosen setting marked."""
+
+    def show(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return "[" + ", ".join(show(v) for v in value) + "]"
+        return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+    lines = []
+    for row in rows:
+        own = {k: v for k, v in row.items() if k in _own_keys(row["method"]) and k not in ("optimizer", "batch_size")}
+        lines.append(
+            {
+                "method": LABELS.get(row["method"], row["method"]),
+                "setting": row["setting"],
+                "hyperparameters": ", ".join(f"{k} {show(v)}" for k, v in own.items()),
+                "val worst-group %": "" if row["val_worst_group"] is None else f"{row['val_worst_group']:.1f}",
+                "val average %": "" if row["val_average"] is None else f"{row['val_average']:.1f}",
+                "picked step": "" if row["step"] is None else str(row["step"]),
+                "state": row["state"],
+                "chosen": "**chosen**" if row["chosen"] else "",
+            }
+        )
+    return markdown_table(lines) if lines else "(no search runs)"
 
 
 def write_celeba(
@@ -681,11 +953,13 @@ def write_celeba(
     progress: bool = False,
     report: Callable[[str], None] | None = None,
     task: Task | None = None,
-    max_steps: int | None = None,
     report_only: bool = False,
+    workers: int = 0,
+    threads_per_run: int | None = None,
 ) -> Reproduction:
-    """Run (or resume) the set-up and write ``table2.md``, ``table2.{csv,json}``, ``table2_groups.{csv,json}``,
-    ``table2_seeds.{csv,json}``, ``table2_hparams.{csv,json}`` and ``table2_groups.{png,pdf}`` into ``out_dir``.
+    """Run (or resume) the search and the final seeds and write ``search.md`` (+ ``.csv``), ``table2.md``,
+    ``table2.{csv,json}``, ``table2_groups.{csv,json}``, ``table2_seeds.{csv,json}``, ``table2_hparams.{csv,json}``,
+    ``table2_verdict.{csv,json}`` and ``table2_groups.{png,pdf}`` into ``out_dir``.
 
     Raises:
         DataMissingError: no CelebA under ``data_root``.
@@ -702,28 +976,41 @@ def write_celeba(
         progress=progress,
         report=report,
         task=task,
-        max_steps=max_steps,
         report_only=report_only,
+        specs_dir=out_dir,
+        workers=workers,
+        threads_per_run=threads_per_run,
     )
+    search_text = (
+        f"# CelebA hyperparameter search (seed {setup.search_seed}, selected by {SEARCH_RULE} on validation data)"
+        f"\n\n{search_markdown(runs.search)}\n"
+    )
+    files = save_text(search_text, out_dir, "search.md")
+    if runs.search:
+        pd.DataFrame(runs.search).to_csv(out_dir / "search.csv", index=False)
+        files.append(out_dir / "search.csv")
     per_seed = seed_results(runs.metrics, runs.steps_per_epoch)
     if not per_seed:
-        raise ValueError("no run has a selectable evaluation yet (train at least one epoch)")
+        waiting = sorted({LABELS[m] for m, _ in runs.missing})
+        raise ValueError(
+            "no final run has finished yet (" + ", ".join(waiting) + "); the search so far is in "
+            f"{out_dir / 'search.md'}. Launch without --report-only to train"
+        )
     table = table2_rows(per_seed)
     groups = group_rows(per_seed)
-    n_train = sum(runs.group_counts["train"].values())
-    hparams = hparam_rows(setup, n_train)
-    configs = {m: setup.config(m, setup.seeds[0], n_train).hparams for m in setup.methods}
+    configs = {m: h for m, h in runs.chosen.items() if any(key[0] == m for key in runs.metrics)}
+    hparams = hparam_rows(configs)
+    verdict = verdict_rows(per_seed)
     notes = celeba_notes(setup, table, runs.group_counts, configs)
-    incomplete = [
-        f"{LABELS[m]} seed {s}: {rows[-1]['step'] if rows else 0}/{runs.total_steps[m]} steps"
-        for (m, s), rows in runs.metrics.items()
-        if not rows or rows[-1]["step"] < runs.total_steps[m]
-    ]
-    incomplete += [f"{LABELS[m]} seed {s}: not started" for m, s in runs.missing]
-    if incomplete:
-        notes.insert(0, "INCOMPLETE runs (selected among the evaluations so far): " + "; ".join(incomplete) + ".")
+    notes += verdict_text(verdict)
+    if runs.missing:
+        listing = "; ".join(f"{LABELS[m]} seed {s}" for m, s in runs.missing)
+        notes.insert(0, f"INCOMPLETE: final runs not finished, not counted: {listing}.")
+    notes += [f"Not counted: {problem}" for problem in runs.problems]
 
-    files = save_table(table, out_dir, "table2")
+    files += save_table(table, out_dir, "table2")
+    if verdict:
+        files += save_table(verdict, out_dir, "table2_verdict")
     files += save_table(groups, out_dir, "table2_groups")
     files += save_table(per_seed, out_dir, "table2_seeds")
     files += save_table(hparams, out_dir, "table2_hparams")
@@ -762,6 +1049,8 @@ def write_celeba(
             "groups": pd.DataFrame(groups),
             "seeds": pd.DataFrame(per_seed),
             "hparams": pd.DataFrame(hparams),
+            "verdict": pd.DataFrame(verdict),
+            "search": pd.DataFrame(runs.search),
         },
         figures=[path for path in figures if path.suffix == ".png"],
         notes=notes,
