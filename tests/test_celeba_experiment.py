@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from gradstarve.cli import app
 from gradstarve.data.celeba import CELEBA_ATTRIBUTES, CelebAFileNotFoundError, CelebAFormatError, index_celeba
 from gradstarve.data.errors import CorruptDataError, DataError, MissingDataError
-from gradstarve.experiments import sweep
+from gradstarve.experiments import selection, sweep
 from gradstarve.experiments.reproduce.base import DataMissingError
 from gradstarve.experiments.reproduce.celeba import (
     CPU_COMMON,
@@ -23,7 +23,6 @@ from gradstarve.experiments.reproduce.celeba import (
     METHODS,
     SEARCHED_METHODS,
     CelebASetup,
-    candidate_rows,
     group_rows,
     search_spec,
     seed_results,
@@ -285,7 +284,7 @@ def test_selection_by_worst_group_and_by_average_validation_accuracy():
         _row(10, 0.9, 0.97, [1, 1, 1, 1], 1.0),
         _row(20, 0.6, 0.9, [1, 1, 1, 0.5], 2.0),
     ]
-    assert [r["step"] for r in candidate_rows(jtt, "jtt")] == [20]
+    assert [r["step"] for r in selection.candidate_rows(jtt)] == [20]
     assert {r["step"] for r in seed_results({("jtt", 0): jtt}, {"jtt": 10})} == {20}
 
 

@@ -190,6 +190,24 @@ def test_clear_errors():
     frozen = MLP(3, (4,), 1).double().requires_grad_(False)
     with pytest.raises(ValueError, match="no trainable parameters"):
         ntk.empirical_ntk(frozen, x)
-    if torch.device("meta") != x.device:
-        with pytest.raises(ValueError, match="is on"):
-            ntk.empirical_ntk(model, x.to("meta"))
+    with pytest.raises(ValueError, match="is on"):
+        ntk.empirical_ntk(model, x.to("meta"))
+
+
+def test_analytic_ntk_of_a_linear_model_and_of_a_one_hidden_layer_relu_net():
+    """Closed forms, written in numpy: Θ(x, x') = xᵀx' + 1 for f = wᵀx + b; for f = vᵀ relu(Wx + a) + c,
+    Θ = relu(Wx + a)ᵀ relu(Wx' + a) + 1 + Σ_h v_h² 1[h active at x] 1[h active at x'] (xᵀx' + 1)."""
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(7, 4, generator=generator, dtype=torch.float64)
+    linear = torch.nn.Linear(4, 1).double()
+    X = x.numpy()
+    np.testing.assert_allclose(ntk.empirical_ntk(linear, x).numpy(), X @ X.T + 1, rtol=1e-12)
+
+    net = torch.nn.Sequential(torch.nn.Linear(4, 9), torch.nn.ReLU(), torch.nn.Linear(9, 1)).double()
+    W, a = net[0].weight.detach().numpy(), net[0].bias.detach().numpy()
+    v = net[2].weight.detach().numpy()[0]
+    pre = X @ W.T + a
+    hidden, active = np.maximum(pre, 0), (pre > 0).astype(float)
+    expected = hidden @ hidden.T + 1 + ((active * v**2) @ active.T) * (X @ X.T + 1)
+    for method in ("auto", "jacobian"):
+        np.testing.assert_allclose(ntk.empirical_ntk(net, x, method=method).numpy(), expected, rtol=1e-10)

@@ -43,3 +43,15 @@ def test_readme_python_examples_run():
     assert blocks
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})  # our own documentation
+
+
+def test_the_package_face_is_lazy_and_complete():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, gradstarve as g; assert 'torch' not in sys.modules, 'import gradstarve pulled torch';"
+        "names = [n for n in g.__all__ if n != '__version__']; [getattr(g, n) for n in names];"
+        "assert g.FeatureAnalysis.__module__ == 'gradstarve.analysis' and g.fixed_point is g.theory.fixed_point"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -50,3 +50,17 @@ def test_errors_and_helpers():
     assert selection.mean_std([1.0, 3.0, math.nan]) == (2.0, 1.0)
     assert difference_in_std(22.9, TABLE1["erm"]["test"]) == pytest.approx(-1.0)
     assert difference_in_std(50.0, TABLE1["random"]["test"]) is None
+
+
+def test_candidate_rows_drop_the_untrained_network_and_a_staged_methods_first_stage():
+    from gradstarve.experiments.selection import candidate_rows
+
+    plain = [{"step": 0}, {"step": 5}, {"step": 10}]
+    assert [r["step"] for r in candidate_rows(plain)] == [5, 10]
+    staged = [
+        {"step": 0},
+        {"step": 5, "train/stage": 1.0},
+        {"step": 10, "train/stage": 1.5},
+        {"step": 15, "train/stage": 2.0},
+    ]
+    assert [r["step"] for r in candidate_rows(staged)] == [15]  # 1.5: the switch fell inside that interval

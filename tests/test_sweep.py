@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from gradstarve.cli import app
-from gradstarve.experiments import sweep
+from gradstarve.experiments import execute, sweep
 from gradstarve.experiments.train import RunConfig, make_config, read_metrics, train
 from sweep_helpers import hand_written_sweep
 
@@ -41,7 +41,7 @@ def test_run_hash_is_stable_and_documented():
     located = RunConfig("synthetic", "erm", REFERENCE.hparams, 3, {"n": 100, "data_root": "/x"}, eval_every=5)
     assert located.run_id() == REFERENCE.run_id()  # where data lives is not part of a run
     # a round trip through the dict form (Ray trials, config.json) keeps the identity
-    assert sweep.config_from_dict(json.loads(json.dumps(sweep.config_to_dict(REFERENCE)))) == REFERENCE
+    assert execute.config_from_dict(json.loads(json.dumps(execute.config_to_dict(REFERENCE)))) == REFERENCE
     # every field that changes results changes the hash
     changed = [
         RunConfig("synthetic", "sd", REFERENCE.hparams, 3, {"n": 100}, eval_every=5),

@@ -37,8 +37,6 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-from gradstarve.models.mlp import MLP
-
 #: Activation modules the layer-wise NTK handles: each acts element-wise, so its Jacobian is diagonal.
 ELEMENTWISE: tuple[type[nn.Module], ...] = (
     nn.ReLU,
@@ -158,12 +156,14 @@ def _default_chunk(n_rows: int, n_cols: int, chunk_size: int | None) -> int:
 def linear_stack(model: nn.Module) -> list[nn.Module] | None:
     """The modules of ``model`` as a flat list if the layer-wise NTK applies to it, else ``None``.
 
-    Qualifies: a :class:`~gradstarve.models.MLP` without batch norm, or an ``nn.Sequential`` (optionally starting
-    with ``nn.Flatten``) of ``nn.Linear``, :data:`ELEMENTWISE` activations and ``nn.Dropout``, ending in
-    ``nn.Linear``. Parameters must be those of the linear layers only.
+    Qualifies: a model with an ``ntk_layers()`` method returning the modules it applies to its flattened input
+    (:class:`~gradstarve.models.MLP` has one), or an ``nn.Sequential`` (optionally starting with ``nn.Flatten``),
+    whose modules are ``nn.Linear``, :data:`ELEMENTWISE` activations and ``nn.Dropout``, ending in ``nn.Linear``
+    (an MLP with batch norm does not qualify). Parameters must be those of the linear layers only.
     """
-    if isinstance(model, MLP):
-        modules = list(model.layers)
+    layers = getattr(model, "ntk_layers", None)
+    if callable(layers):
+        modules = list(layers())
     elif isinstance(model, nn.Sequential):
         modules = list(model)
         if modules and isinstance(modules[0], nn.Flatten):

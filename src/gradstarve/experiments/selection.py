@@ -62,6 +62,18 @@ def get_rule(name: str) -> SelectionRule:
     return RULES[name]
 
 
+def candidate_rows(rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The evaluation rows a model may be selected from: never the untrained network (step 0), and for a staged
+    method (rows logging ``train/stage``, e.g. JTT, whose first stage is an ERM model that only identifies errors)
+    only rows of its last stage over the whole evaluation interval."""
+    candidates = [row for row in rows if row["step"] > 0]
+    stages = [row["train/stage"] for row in candidates if row.get("train/stage") is not None]
+    if stages:
+        last = max(stages)
+        candidates = [row for row in candidates if row.get("train/stage") == last]
+    return candidates
+
+
 def select_step(rows: Sequence[Mapping[str, Any]], rule: str) -> Mapping[str, Any]:
     """The metrics row ``rule`` picks from one run's evaluation rows."""
     selection = get_rule(rule)

@@ -33,7 +33,7 @@ from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
-from gradstarve.experiments.sweep import ERROR_FILE, EventHandler, PlannedRun, RunEvent, RunOutcome, run_one
+from gradstarve.experiments.execute import ERROR_FILE, EventHandler, PlannedRun, RunEvent, RunOutcome, run_one
 from gradstarve.experiments.train import is_done
 
 #: How often a worker checks that its launcher is alive: the longest a worker trains on after the launcher's death.

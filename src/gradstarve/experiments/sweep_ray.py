@@ -35,7 +35,7 @@ except ModuleNotFoundError as error:  # pragma: no cover - the [test] extra inst
         'the Ray backend needs Ray: pip install "gradstarve[ray]" (with PIP_CONSTRAINT=constraints.txt)', name="ray"
     ) from error
 
-from gradstarve.experiments.sweep import (  # after setting the environment Tune reads
+from gradstarve.experiments.execute import (  # after setting the environment Tune reads
     EventHandler,
     PlannedRun,
     RunEvent,

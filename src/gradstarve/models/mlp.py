@@ -80,6 +80,11 @@ class MLP(nn.Module):
         """``(n, ...)`` -> ``(n, out_features)``."""
         return self.layers(x.reshape(x.shape[0], -1))
 
+    def ntk_layers(self) -> list[nn.Module]:
+        """The modules this network applies, in order, to its flattened input: the protocol by which
+        :func:`gradstarve.ntk.linear_stack` recognises a plain stack (the maths layer never imports models)."""
+        return list(self.layers)
+
 
 def _initialise(linear: nn.Linear, init: str, generator: torch.Generator | None) -> None:
     with torch.no_grad():

@@ -399,8 +399,8 @@ def choose_settings(
     setup: CelebASetup, runs: Sequence[sweep.PlannedRun], runs_dir: Path
 ) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]], list[str]]:
     """Hyperparameter selection on the search seed's *validation* data: per method, the setting whose evaluation
-    picked by :data:`SEARCH_RULE` (among the candidates of :func:`candidate_rows`) has the best validation
-    worst-group accuracy. A method is chosen only once all its settings have finished.
+    picked by :data:`SEARCH_RULE` (among :func:`~gradstarve.experiments.selection.candidate_rows`) has the best
+    validation worst-group accuracy. A method is chosen only once all its settings have finished.
 
     Returns ``(chosen, rows, problems)``: method -> complete hyperparameters; one row per (method, setting) with
     the setting's own hyperparameters, its validation worst-group and average accuracy at the picked evaluation,
@@ -418,7 +418,7 @@ def choose_settings(
     for method, entries in by_method.items():
         scores = {}
         for run, rows, _ in entries:
-            candidates = candidate_rows(rows, method) if rows else []
+            candidates = selection.candidate_rows(rows) if rows else []
             if candidates:
                 picked = selection.select_step(candidates, SEARCH_RULE)
                 scores[run.hparams_index] = (
@@ -536,15 +536,6 @@ def run_celeba(
 # --------------------------------------------------------------------------------------------------------------
 # Selection and tables (pure functions of metrics rows)
 # --------------------------------------------------------------------------------------------------------------
-def candidate_rows(rows: Sequence[Mapping[str, Any]], method: str) -> list[Mapping[str, Any]]:
-    """The evaluation rows a model may be selected from: not the untrained step 0, and for JTT only rows of its
-    second stage (``train/stage == 2`` over the whole evaluation interval)."""
-    candidates = [row for row in rows if row["step"] > 0]
-    if method == "jtt":
-        candidates = [row for row in candidates if row.get("train/stage") == 2.0]
-    return candidates
-
-
 def seed_results(
     metrics_by_run: Mapping[tuple[str, int], Sequence[Mapping[str, Any]]],
     steps_per_epoch: Mapping[str, int],
@@ -561,7 +552,7 @@ def seed_results(
     """
     out = []
     for (method, seed), rows in metrics_by_run.items():
-        candidates = candidate_rows(rows, method)
+        candidates = selection.candidate_rows(rows)
         if not candidates:
             continue
         for rule in rules:
