@@ -66,6 +66,15 @@ class JTT(Algorithm):
             self._initial_state = copy.deepcopy(state["initial_state"])
 
     @torch.no_grad()
+    def before_step(
+        self, step: int, *, steps_per_epoch: int, train_x: torch.Tensor, train_y: torch.Tensor
+    ) -> None:
+        """After ``jtt_first_stage_epochs`` epochs of stage 1 (when the trainer gives it), identify the error set
+        on the whole training set and switch to stage 2."""
+        epochs = self.hparams.get("jtt_first_stage_epochs")
+        if self.stage == 1 and epochs is not None and step == int(epochs) * steps_per_epoch:
+            self.identify(train_x, train_y)
+
     def identify(
         self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor | None = None, batch_size: int = 1024
     ) -> torch.Tensor:

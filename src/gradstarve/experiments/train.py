@@ -537,9 +537,6 @@ def train(
     algorithm = build_algorithm(config.algorithm, model.to(target), hparams, task.n_groups)
     sampler = BatchSampler(len(task.train), hparams.get("batch_size"), torch.Generator().manual_seed(config.seed + 1))
     steps = total_steps(hparams, len(task.train))
-    jtt_switch = None
-    if config.algorithm == "jtt":
-        jtt_switch = int(hparams["jtt_first_stage_epochs"]) * sampler.steps_per_epoch
     splits = {
         name: split
         for name, split in task.evaluation.items()
@@ -619,8 +616,7 @@ def train(
     limit = steps if max_steps is None else min(steps, step + max_steps)
     try:
         while step < limit:
-            if jtt_switch is not None and step == jtt_switch and getattr(algorithm, "stage", 2) == 1:
-                algorithm.identify(train_x, train_y)
+            algorithm.before_step(step, steps_per_epoch=sampler.steps_per_epoch, train_x=train_x, train_y=train_y)
             index = sampler.next()
             if index is None:
                 batch = (train_x, train_y, train_group, train_index)
