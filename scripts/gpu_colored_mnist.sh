@@ -9,10 +9,10 @@
 #   mkdir -p gpu-data/mnist && cp ../shared/data/mnist/*.gz gpu-data/mnist/      # once, on the CPU machine
 #   device run: carry ["gpu-data"], timeout_s 480, command "bash scripts/gpu_colored_mnist.sh"
 #
-# Time plan (LIMIT seconds in all, default 420): four processes share the GPU (shards of the run list; each run is
-# one resumable run folder, so a shard killed by its time limit leaves checkpoints and the next round resumes them):
+# Time plan (LIMIT seconds in all, default 420): four worker processes share the GPU (the sweep's local backend; each
+# run is one resumable, locked run folder, so a round killed by its time limit leaves checkpoints the next resumes):
 #   round 1: the λ search and ERM / SD (released) / IRM / V-REx / oracle          (about 70,000 full-batch steps)
-#   round 2: the plain Eq. 25 rows, whose λ round 1 chose                          (20,000-40,000 steps)
+#   round 2: whatever round 1 left, e.g. the plain Eq. 25 rows once the search chose λ (20,000-40,000 steps)
 #   round 3: bfloat16 runs of ERM, SD, IRM, V-REx, oracle on seeds 0-2 if >= 100 s are left (15,000 steps)
 #   tables: float32 Table 1, Fig. 4, λ search; the bfloat16 tables with the float32-vs-bfloat16 check.
 # Estimate (H200, float32 without TF32): a step is 35 GFLOP (45,000 examples), ~1.0 ms at ~35 TFLOP/s plus ~0.2 ms
@@ -40,7 +40,7 @@ LOG="$WORK/log.txt"
 left() { echo $((LIMIT - (SECONDS - START))); }
 say() { echo "[$((SECONDS - START)) s] $*" | tee -a "$LOG"; }
 
-round() {  # round NAME RESERVE_SECONDS ARGS...: the shards in parallel, stopped RESERVE seconds before the limit
+round() {  # round NAME RESERVE_SECONDS ARGS...: one launch with SHARDS workers, stopped RESERVE s before the limit
     local name=$1 reserve=$2
     shift 2
     local budget=$(($(left) - reserve))
@@ -48,13 +48,11 @@ round() {  # round NAME RESERVE_SECONDS ARGS...: the shards in parallel, stopped
         say "skip $name: $(left) s left"
         return
     fi
-    say "$name: $SHARDS shards, at most $budget s"
-    local i
-    for ((i = 0; i < SHARDS; i++)); do
-        timeout --signal=TERM --kill-after=10 "$budget" "${CLI[@]}" --out "$WORK/shard-$name-$i" \
-            --shard "$i/$SHARDS" "$@" >"$WORK/$name-$i.log" 2>&1 &
-    done
-    wait
+    say "$name: $SHARDS workers, at most $budget s"
+    # The sweep's local backend: SHARDS worker processes share the plan (each run folder is locked while it trains);
+    # a launch killed by its time limit leaves checkpoints, and the next round resumes them.
+    timeout --signal=TERM --kill-after=10 "$budget" "${CLI[@]}" --out "$WORK/round-$name" --workers "$SHARDS" \
+        --threads 1 "$@" >"$WORK/$name-0.log" 2>&1
     say "$name done; finished runs: $(find "$WORK/runs" -name done | wc -l)"
     tail -n 3 "$WORK/$name-0.log" >>"$LOG"
 }

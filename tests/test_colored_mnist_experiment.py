@@ -1,7 +1,7 @@
 """The Colored MNIST recipe (Table 1, Fig. 4) end to end on generated MNIST files: every method trains (two seeds,
-a few dozen steps), finished runs are skipped, shards partition the plan, tables carry the paper's numbers, the
-differences in the paper's std units and the seed counts, missing data raises ``DataMissingError``, and the
-bfloat16 path runs and agrees with float32."""
+a few dozen steps) through the sweep, finished runs are skipped, the plan is the search then Table 1, tables carry
+the paper's numbers, the differences in the paper's std units and the seed counts, missing data raises
+``DataMissingError``, and the bfloat16 path runs and agrees with float32."""
 
 from __future__ import annotations
 
@@ -24,9 +24,8 @@ from gradstarve.experiments.reproduce.colored_mnist import (
     format_table1,
     lambda_search,
     method_config,
-    plan_runs,
+    planned_runs,
     reproduce_colored_mnist,
-    train_planned,
 )
 from gradstarve.experiments.reproduce.paper_numbers import FIG4_ACCURACY, TABLE1
 from gradstarve.experiments.train import read_metrics
@@ -98,7 +97,7 @@ def data_root(tmp_path_factory):
 def result(data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("out")
     events = []
-    reproduction = reproduce_colored_mnist(SETUP, out, data_root=data_root, progress=events.append)
+    reproduction = reproduce_colored_mnist(SETUP, out, data_root=data_root, on_event=events.append)
     return reproduction, out, events
 
 
@@ -125,14 +124,18 @@ def test_every_method_and_seed_finishes_and_is_tabulated(result):
         assert fixed.loc[method, "train_mean"] == pytest.approx(100 * np.mean([r["train/accuracy"] for r in rows]))
     last = table[table.selection == "last_step"].set_index("method")
     assert last.loc["erm", "step_mean"] == 30 and last.loc["sd", "step_mean"] == 60
-    assert last.loc["irm", "step_mean"] == 15 and last.loc["oracle", "step_mean"] == 30
+    assert last.loc["irm", "step_mean"] == 15 and last.loc["gray_erm", "step_mean"] == 30
+    assert last.loc["oracle", "step_mean"] == 3  # the IRM reference's 101 steps, scaled by 0.03
     diagnostics = table[table.method.isin(["erm_at_sd_switch", "sd_at_sd_switch"])]
     assert len(diagnostics) == 2 and (diagnostics.step_mean == 14).all() and (diagnostics.seeds_finished == 2).all()
     names = {path.name for path in reproduction.files}
     for stem in ("table1", "fig4", "sd_lambda_search"):
         assert {f"{stem}.md", f"{stem}.csv"} <= names
     assert {"fig4.png", "fig4.pdf"} <= names and all(path.exists() for path in reproduction.files)
-    assert events and events[-1].step == events[-1].steps and events[-1].done_steps <= events[-1].total_steps
+    finished = [e for e in events if e.kind == "finished"]
+    assert len(finished) == len(planned_runs(SETUP, lambda_search(SETUP, runs_root).chosen))
+    assert all(e.outcome.state == "done" for e in finished)
+    assert any(e.kind == "progress" and e.step == e.total for e in events)
     # what the report shows: one readable table per rule, ours beside the paper's (full rows stay in .data)
     shown = reproduction.tables["Table 1, (a) fixed number of steps (paper's protocol)"].set_index("method")
     assert shown.loc["ERM", "test (paper)"] == "23.7 ± 0.8" and "±" in shown.loc["ERM", "test acc. (ours)"]
@@ -162,7 +165,7 @@ def test_erm_takes_the_colour_shortcut_and_the_oracle_cannot(result, data_root):
     environment); the oracle, trained on gray images, is far above it. Measured: ERM test 0.09 on both seeds, oracle
     0.70 and 0.74."""
     runs_root = result[1] / "runs"
-    erm, oracle = _last_rows(runs_root, "erm"), _last_rows(runs_root, "oracle")
+    erm, oracle = _last_rows(runs_root, "erm"), _last_rows(runs_root, "gray_erm")
     for e, o in zip(erm, oracle, strict=True):
         assert e["train/accuracy"] > 0.75 and e["test/accuracy"] < 0.35
         assert o["test/accuracy"] > e["test/accuracy"] + 0.2
@@ -174,18 +177,24 @@ def test_erm_takes_the_colour_shortcut_and_the_oracle_cannot(result, data_root):
 
 def test_finished_runs_are_skipped_and_report_only_rebuilds_the_same_tables(result, data_root):
     reproduction, out, _ = result
-    search = lambda_search(SETUP, out / "runs")
-    assert train_planned(plan_runs(SETUP, search), out / "runs", data_root=data_root) == 0
+    events = []
+    relaunched = reproduce_colored_mnist(SETUP, out, data_root=data_root, on_event=events.append)
+    assert events and all(e.outcome.state == "skipped" for e in events if e.kind == "finished")
     again = reproduce_colored_mnist(SETUP, out / "again", runs_root=out / "runs", train_runs=False)
     assert again.data["table1"].equals(reproduction.data["table1"])
+    assert relaunched.data["table1"].equals(reproduction.data["table1"])
+    assert (out / "again" / "table1.md").read_text() == (out / "table1.md").read_text()  # regenerates exactly
 
 
-def test_shards_partition_the_plan():
-    plan = [run.config.folder_name() for run in plan_runs(SETUP)]
-    shards = [plan[i::3] for i in range(3)]
-    assert sorted(name for shard in shards for name in shard) == sorted(plan) and len(set(plan)) == len(plan)
-    assert plan[0].startswith("colored-mnist-sd-s100")  # the λ search comes first
-    assert not any(name.startswith("colored-mnist-sd-s0") and "constant" in name for name in plan)
+def test_the_plan_is_the_search_then_table_1():
+    runs = planned_runs(SETUP)
+    plan = [run.folder_name for run in runs]
+    assert len(set(plan)) == len(plan)
+    assert [run.method for run in runs[:2]] == ["sd_search", "sd_search"]  # the λ search comes first
+    assert [run.setting for run in runs[:2]] == ["sd_lam=0.1", "sd_lam=1"]
+    assert not any(run.method.startswith("sd_eq25") for run in runs)  # planned once λ is chosen
+    tuned = planned_runs(SETUP, {"training_domain_validation": 1.0, "test_domain_oracle": 1.0})
+    assert sum(run.method == "sd_eq25" for run in tuned) == 2  # the two rows share one λ: one run per seed
 
 
 def test_bfloat16_runs_and_matches_float32(result, data_root):

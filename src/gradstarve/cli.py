@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
 
@@ -104,6 +106,35 @@ def _fmt(value: float) -> str:
 
 def _print_files(files: list[Path], seconds: float) -> None:
     console.print(f"[green]wrote[/green] {', '.join(str(path) for path in files)}  ({seconds:.1f} s)")
+
+
+@contextlib.contextmanager
+def _run_progress(total: int | None = None) -> Iterator[Callable]:
+    """One progress display for every stream of sweep events (:class:`gradstarve.experiments.execute.RunEvent`):
+    a bar of finished runs (``total`` if known) and one bar per run in training; failures are printed as they come.
+    Yields the ``on_event`` handler."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+    ) as bar:
+        overall = bar.add_task("[bold]runs", total=total)
+        active: dict[str, int] = {}
+
+        def on_event(event) -> None:
+            if event.kind == "started" and event.folder_name not in active:
+                active[event.folder_name] = bar.add_task(f"  {event.folder_name}", total=None)
+            elif event.kind == "progress" and event.folder_name in active:
+                bar.update(active[event.folder_name], completed=event.step, total=event.total)
+            elif event.kind == "finished":
+                if event.folder_name in active:
+                    bar.remove_task(active.pop(event.folder_name))
+                bar.advance(overall)
+                outcome = event.outcome
+                if outcome is not None and outcome.state in ("failed", "busy"):
+                    bar.console.print(f"[red]{outcome.state}[/red] {outcome.folder_name}: {outcome.error}")
+
+        yield on_event
 
 
 def _print_table(table: Table) -> None:
@@ -566,18 +597,6 @@ def reproduce_celeba(
     _print_files([path for path in reproduction.files if path.suffix in (".md", ".png", ".csv")], reproduction.seconds)
 
 
-def _parse_shard(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise typer.BadParameter(f"expected I/K, e.g. 0/4, got {text!r}", param_hint="--shard") from None
-    if not 0 <= index < count:
-        raise typer.BadParameter(f"expected 0 <= I < K, got {text!r}", param_hint="--shard")
-    return index, count
-
-
 @reproduce_app.command("colored-mnist")
 def reproduce_colored_mnist(
     seeds: int = typer.Option(None, min=1, help="Number of seeds, 0..N-1 (default 10, or 2 with --quick)."),
@@ -595,10 +614,15 @@ def reproduce_colored_mnist(
     val_fraction: float = typer.Option(0.1, help="Held-out fraction of each training environment (rule (b))."),
     sd_lambda: float = typer.Option(None, help="λ of the plain Eq. 25 rows (default: chosen by a search)."),
     eval_every: int = typer.Option(None, min=1, help="Evaluation interval in steps (default 50; quick 15)."),
-    shard: str = typer.Option(None, help="I/K: train only every K-th run from the I-th (parallel processes)."),
+    workers: int = typer.Option(
+        0, min=0, help="Runs at a time (0: one by one in this process). Several launches may also share --runs."
+    ),
     report_only: bool = typer.Option(False, "--report-only", help="Train nothing; tables from finished runs."),
     threads: int = typer.Option(
-        None, min=1, help="CPU threads for torch (default: torch's; 1 with --quick, whose small matrices gain nothing)."
+        None,
+        min=1,
+        help="CPU threads for torch per run (default: torch's, or CPUs / workers; 1 with --quick, whose small "
+        "matrices gain nothing).",
     ),
 ) -> None:
     """Table 1 and Fig. 4: Colored MNIST with ERM, SD (released schedule and plain Eq. 25), IRM, V-REx, oracle.
@@ -609,10 +633,8 @@ def reproduce_colored_mnist(
     the environment, which keeps freed pages instead of faulting fresh ones every step), minutes on a GPU
     (scripts/gpu_colored_mnist.sh). --quick is a few-minute smoke test (see its notes for what it can show).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     from gradstarve.experiments.reproduce.base import DataMissingError
-    from gradstarve.experiments.reproduce.colored_mnist import ColoredMNISTSetup, RunProgress
+    from gradstarve.experiments.reproduce.colored_mnist import ColoredMNISTSetup
     from gradstarve.experiments.reproduce.colored_mnist import reproduce_colored_mnist as run_recipe
 
     changes: dict = {"precision": precision, "val_fraction": val_fraction, "sd_lambda": sd_lambda}
@@ -626,26 +648,11 @@ def reproduce_colored_mnist(
         setup = ColoredMNISTSetup.quick_setup(**changes) if quick else ColoredMNISTSetup(**changes)
     except ValueError as error:
         raise typer.BadParameter(str(error)) from None
-    if threads is not None or quick:
+    if (threads is not None or quick) and workers == 0:
         import torch
 
         torch.set_num_threads(threads or 1)
-    with Progress(
-        TextColumn("{task.description:<28}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
-        overall = bar.add_task("all runs (steps)", total=None)
-        current = bar.add_task("", total=None)
-
-        def progress(event: RunProgress) -> None:
-            bar.update(overall, completed=event.done_steps, total=event.total_steps)
-            description = f"run {event.run + 1}/{event.runs} {event.label}"
-            bar.update(current, description=description, completed=event.step, total=event.steps)
-
+    with _run_progress() as on_event:
         try:
             result = run_recipe(
                 setup,
@@ -653,8 +660,9 @@ def reproduce_colored_mnist(
                 runs_root=runs,
                 data_root=data_root,
                 device=device,
-                progress=progress,
-                shard=_parse_shard(shard),
+                on_event=on_event,
+                workers=workers,
+                threads_per_run=(threads or (1 if quick else None)) if workers else None,
                 train_runs=not report_only,
             )
         except DataMissingError as error:
@@ -665,10 +673,7 @@ def reproduce_colored_mnist(
             _print_frame(frame, f"Colored MNIST {title}: accuracy %, ours beside the paper")
     for note in result.notes:
         console.print(f"- {note}", soft_wrap=True)
-    if result.files:
-        _print_files(result.files, result.seconds)
-    else:
-        console.print(f"shard {shard} done in {result.seconds:.0f} s (tables: run again without --shard)")
+    _print_files(result.files, result.seconds)
 
 
 _PREPARABLE = ("celeba",)
@@ -850,7 +855,6 @@ def sweep_launch(
     A new sweep needs --datasets and --algorithms (or --spec); relaunching an existing folder needs no option.
     Hyperparameter setting 0 is the table's defaults; settings 1..N are seeded random draws (gradstarve hparams).
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from gradstarve.experiments import sweep
 
@@ -879,29 +883,7 @@ def sweep_launch(
     except ValueError as error:
         raise _sweep_error(error) from None
     console.print(f"sweep {sweep_dir}: {len(runs)} runs, backend {backend.value}")
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    ) as bar:
-        overall = bar.add_task("[bold]runs", total=len(runs))
-        active: dict[str, int] = {}
-
-        def on_event(event: sweep.RunEvent) -> None:
-            if event.kind == "started" and event.folder_name not in active:
-                active[event.folder_name] = bar.add_task(f"  {event.folder_name}", total=None)
-            elif event.kind == "progress" and event.folder_name in active:
-                bar.update(active[event.folder_name], completed=event.step, total=event.total)
-            elif event.kind == "finished":
-                if event.folder_name in active:
-                    bar.remove_task(active.pop(event.folder_name))
-                bar.advance(overall)
-                outcome = event.outcome
-                if outcome is not None and outcome.state in ("failed", "busy"):
-                    bar.console.print(f"[red]{outcome.state}[/red] {outcome.folder_name}: {outcome.error}")
-
+    with _run_progress(len(runs)) as on_event:
         try:
             summary = sweep.launch(
                 sweep_dir,

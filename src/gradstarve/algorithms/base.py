@@ -249,9 +249,7 @@ class Algorithm(nn.Module):
             return f"{where}: parameters {', '.join(bad[:3])} are already not finite (an earlier update diverged)"
         return f"{where}: training diverged with finite inputs and parameters; lower the learning rate or the penalty"
 
-    def before_step(
-        self, step: int, *, steps_per_epoch: int, train_x: torch.Tensor, train_y: torch.Tensor
-    ) -> None:
+    def before_step(self, step: int, *, steps_per_epoch: int, train_x: torch.Tensor, train_y: torch.Tensor) -> None:
         """Called by the trainer before update ``step`` (0-based) with the whole training set: the place for work
         between steps that needs more than a batch (JTT's identification of its error set). Default: nothing."""
 

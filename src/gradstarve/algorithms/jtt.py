@@ -66,9 +66,7 @@ class JTT(Algorithm):
             self._initial_state = copy.deepcopy(state["initial_state"])
 
     @torch.no_grad()
-    def before_step(
-        self, step: int, *, steps_per_epoch: int, train_x: torch.Tensor, train_y: torch.Tensor
-    ) -> None:
+    def before_step(self, step: int, *, steps_per_epoch: int, train_x: torch.Tensor, train_y: torch.Tensor) -> None:
         """After ``jtt_first_stage_epochs`` epochs of stage 1 (when the trainer gives it), identify the error set
         on the whole training set and switch to stage 2."""
         epochs = self.hparams.get("jtt_first_stage_epochs")

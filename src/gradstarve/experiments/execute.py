@@ -27,6 +27,7 @@ class PlannedRun:
     config: RunConfig
     hparams_index: int
     method: str | None = None
+    setting: str | None = None
 
     def __post_init__(self) -> None:
         if self.method is None:
@@ -38,6 +39,8 @@ class PlannedRun:
 
     @property
     def hparams_label(self) -> str:
+        if self.setting is not None:
+            return self.setting
         return "default" if self.hparams_index == 0 else f"draw {self.hparams_index}"
 
 

@@ -36,6 +36,7 @@ adjacent columns.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -63,7 +64,7 @@ from gradstarve.experiments.execute import (
 from gradstarve.experiments.reproduce.base import Reproduction
 from gradstarve.experiments.reproduce.paper_numbers import FIG4_ACCURACY, TABLE1, TABLE2, difference_in_std
 from gradstarve.experiments.tables import latex_table, markdown_table
-from gradstarve.experiments.tasks import TASKS, check_data
+from gradstarve.experiments.tasks import TASKS, check_data, check_task_options, load_task
 from gradstarve.experiments.train import (
     DamagedRunError,
     RunConfig,
@@ -102,7 +103,10 @@ class SweepSpec:
         eval_every, eval_splits, precision: as :class:`~gradstarve.experiments.train.RunConfig`.
         variants: named methods built on an algorithm, usable in ``algorithms`` beside the plain names, e.g.
             ``{"sd_eq25": {"algorithm": "sd", "overrides": {"sd_gamma": 0.0}, "search": {"sd_lam": {"log_uniform":
-            [1e-3, 30]}}, "defaults": {"sd_lam": 0.1}}}``: ``search`` replaces the table's search distributions
+            [1e-3, 30]}}, "defaults": {"sd_lam": 0.1}}}``. ``grid`` (``{"sd_lam": [0.1, 1.0]}``) makes the
+            variant's settings exactly the grid's points, in order (its cartesian product; no default, no draws);
+            ``data`` adds task options to the spec's for this variant's runs; ``search`` replaces the table's
+            search distributions
             (:func:`gradstarve.hparams.distribution_from_spec`), ``defaults`` changes setting 0 only, ``overrides``
             every setting (after the sweep's own ``overrides``), ``remove`` drops hyperparameters the variant does
             not read (e.g. ``momentum`` once the optimizer is Adam). Runs of a variant are grouped under its name;
@@ -163,7 +167,7 @@ class SweepSpec:
             raise ValueError(f"overrides name unknown hyperparameters {sorted(unknown)}; known: {sorted(known)}")
 
     def _check_variants(self) -> None:
-        fields_ = {"algorithm", "defaults", "overrides", "search", "remove", "label"}
+        fields_ = {"algorithm", "defaults", "overrides", "search", "remove", "grid", "data", "label"}
         for name, variant in self.variants.items():
             if not isinstance(variant, Mapping) or variant.get("algorithm") not in ALGORITHM_NAMES:
                 raise ValueError(f"variant {name!r} needs 'algorithm', one of {', '.join(ALGORITHM_NAMES)}")
@@ -174,10 +178,21 @@ class SweepSpec:
                 raise ValueError(f"variant {name!r}: unknown fields {sorted(extra)}; known: {sorted(fields_)}")
             for dataset in self.datasets:
                 known = set(default_hparams(variant["algorithm"], dataset))
-                for part in ("defaults", "overrides", "search", "remove"):
+                for part in ("defaults", "overrides", "search", "remove", "grid"):
                     unknown = set(variant.get(part, ())) - known
                     if unknown:
                         raise ValueError(f"variant {name!r} {part}: unknown hyperparameters {sorted(unknown)}")
+            grid = variant.get("grid", {})
+            if grid and (variant.get("search") or variant.get("defaults")):
+                raise ValueError(f"variant {name!r}: a grid replaces the default and the random draws; drop them")
+            clash = set(grid) & set(variant.get("overrides", {}))
+            if clash:
+                raise ValueError(f"variant {name!r}: {sorted(clash)} are both grid axes and overrides")
+            if any(not isinstance(values, list | tuple) or not values for values in grid.values()):
+                raise ValueError(f"variant {name!r}: every grid axis needs a non-empty list of values")
+            if variant.get("data"):
+                for dataset in self.datasets:
+                    check_task_options(dataset, {**self.data.get(dataset, {}), **variant["data"]})
                 for key, distribution in variant.get("search", {}).items():
                     distribution_from_spec(distribution, f"variant {name!r} search {key!r}")
 
@@ -227,15 +242,23 @@ def draw_seed(hparams_seed: int, index: int) -> int:
 def _settings(spec: SweepSpec, method: str, dataset: str) -> list[dict[str, Any]]:
     algorithm = spec.algorithm_of(method)
     variant = spec.variants.get(method, {})
-    search = {k: distribution_from_spec(v, k) for k, v in variant.get("search", {}).items()}
-    settings = [{**default_hparams(algorithm, dataset), **variant.get("defaults", {})}]
-    settings += [
-        random_hparams(algorithm, dataset, draw_seed(spec.hparams_seed, i), search)
-        for i in range(1, spec.n_hparams + 1)
-    ]
-    for hparams in settings:
+    grid = variant.get("grid", {})
+    if grid:  # exactly the grid's points
+        points = [dict(zip(grid, values, strict=True)) for values in itertools.product(*grid.values())]
+        settings = [default_hparams(algorithm, dataset) for _ in points]
+    else:
+        points = []
+        search = {k: distribution_from_spec(v, k) for k, v in variant.get("search", {}).items()}
+        settings = [{**default_hparams(algorithm, dataset), **variant.get("defaults", {})}]
+        settings += [
+            random_hparams(algorithm, dataset, draw_seed(spec.hparams_seed, i), search)
+            for i in range(1, spec.n_hparams + 1)
+        ]
+    for index, hparams in enumerate(settings):
         hparams.update({k: v for k, v in spec.overrides.items() if k in hparams})
         hparams.update(variant.get("overrides", {}))
+        if points:
+            hparams.update(points[index])
         for name in variant.get("remove", ()):
             hparams.pop(name, None)
         if spec.steps is not None:
@@ -253,9 +276,9 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
     """
     runs: dict[str, PlannedRun] = {}
     for dataset in spec.datasets:
-        options = dict(spec.data.get(dataset, {}))
         for seed in spec.seeds:
             for method in spec.algorithms:
+                options = {**spec.data.get(dataset, {}), **spec.variants.get(method, {}).get("data", {})}
                 for index, hparams in enumerate(_settings(spec, method, dataset)):
                     config = RunConfig(
                         dataset,
@@ -275,7 +298,15 @@ def plan(spec: SweepSpec) -> list[PlannedRun]:
                                 "hparams_seed to draw other settings"
                             )
                         continue
-                    runs[name] = PlannedRun(config, index, method)
+                    grid = spec.variants.get(method, {}).get("grid", {})
+                    setting = (
+                        ", ".join(
+                            f"{k}={hparams[k]:g}" if isinstance(hparams[k], float) else f"{k}={hparams[k]}"
+                            for k in grid
+                        )
+                        or None
+                    )
+                    runs[name] = PlannedRun(config, index, method, setting)
     return list(runs.values())
 
 
@@ -398,7 +429,8 @@ def launch(
     if not todo:
         outcomes: list[RunOutcome] = []
     elif inline:
-        outcomes = [_run_inline(run, root, data_root, device, on_event, lock_timeout) for run in todo]
+        cache: dict[str, Any] = {}
+        outcomes = [_run_inline(run, root, data_root, device, on_event, lock_timeout, cache) for run in todo]
     elif backend == "local":
         from gradstarve.experiments.sweep_local import launch_local
 
@@ -433,6 +465,7 @@ def _run_inline(
     device: str,
     on_event: EventHandler | None,
     lock_timeout: float,
+    cache: dict[str, Any],
 ) -> RunOutcome:
     def progress(step: int, total: int) -> None:
         if on_event is not None:
@@ -440,8 +473,24 @@ def _run_inline(
 
     if on_event is not None:
         on_event(RunEvent("started", run.folder_name))
+    # Runs that share their data (same dataset, options and seed; neighbours in plan order) share one loaded task.
+    config = run.config
+    key = json.dumps([config.dataset, dict(config.data), config.seed, data_root], sort_keys=True, default=str)
+    if cache.get("key") != key:
+        cache.clear()
+        try:
+            options = {**config.data, **({"data_root": data_root} if data_root else {})}
+            cache.update(key=key, task=load_task(config.dataset, options, config.seed))
+        except Exception:  # run_one loads it again and reports the error in the run folder
+            cache.clear()
     outcome = run_one(
-        run.config, root, data_root=data_root, device=device, on_progress=progress, lock_timeout=lock_timeout
+        config,
+        root,
+        data_root=data_root,
+        device=device,
+        task=cache.get("task"),
+        on_progress=progress,
+        lock_timeout=lock_timeout,
     )
     if on_event is not None:
         on_event(RunEvent("finished", run.folder_name, outcome=outcome))

@@ -57,8 +57,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -69,19 +68,18 @@ from matplotlib.figure import Figure
 
 from gradstarve.data.colored_mnist import FIG4_VARIANTS
 from gradstarve.data.errors import MissingDataError
+from gradstarve.experiments.execute import EventHandler, PlannedRun
 from gradstarve.experiments.reproduce._output import markdown_table, save_figure, save_text
 from gradstarve.experiments.reproduce.base import DataMissingError, Reproduction, evidence
 from gradstarve.experiments.reproduce.paper_numbers import FIG4_ACCURACY, FIG4_ENTROPY, TABLE1, difference_in_std
 from gradstarve.experiments.selection import mean_std, select_hyperparameters, select_step
-from gradstarve.experiments.tasks import Task, load_task
+from gradstarve.experiments.sweep import SweepSpec, plan
+from gradstarve.experiments.sweep import launch as sweep_launch
 from gradstarve.experiments.train import (
     PRECISIONS,
     RunConfig,
     inspect_run,
-    is_done,
-    make_config,
     nonfinite_metrics,
-    train,
 )
 from gradstarve.hparams import colored_mnist_oracle_overrides, default_hparams
 
@@ -252,35 +250,67 @@ class ColoredMNISTSetup:
         return self.scaled(int(default_hparams("sd", DATASET)["sd_anneal_steps"]))
 
 
-def method_config(setup: ColoredMNISTSetup, method: str, seed: int, sd_lam: float | None = None) -> RunConfig:
-    """The :class:`RunConfig` of ``method`` (a key of :data:`METHODS`) and ``seed`` under ``setup``."""
+def method_variant(setup: ColoredMNISTSetup, method: str, sd_lam: float | None = None) -> dict[str, Any]:
+    """``method`` (a key of :data:`METHODS`) under ``setup`` as a :class:`~gradstarve.experiments.sweep.SweepSpec`
+    variant: its algorithm, its overrides of the ``colored-mnist`` defaults (step counts scaled), its data options,
+    and for the Eq. 25 rows their λ (``sd_lam``)."""
     spec = METHODS[method]
     defaults = default_hparams(spec.algorithm, DATASET)
     overrides = dict(spec.overrides)
-    if setup.step_scale != 1.0:
+    if setup.step_scale != 1.0:  # the method's own step counts (the oracle's 101), scaled
         for name in STEP_HPARAMS:
             if name in defaults:
-                overrides[name] = setup.scaled(int(defaults[name]), minimum=1 if name == "steps" else 0)
+                value = int(overrides.get(name, defaults[name]))
+                overrides[name] = setup.scaled(value, minimum=1 if name == "steps" else 0)
     if spec.lambda_rule is not None:
         if sd_lam is None:
             raise ValueError(f"{method} needs its λ (sd_lam)")
         overrides["sd_lam"] = float(sd_lam)
-    return make_config(
-        DATASET,
-        spec.algorithm,
-        seed,
-        overrides,
-        data=setup.data_options(spec.data),
+    return {"algorithm": spec.algorithm, "label": spec.label, "overrides": overrides, "data": dict(spec.data)}
+
+
+def _spec(setup: ColoredMNISTSetup, variants: Mapping[str, Mapping[str, Any]], seeds: Sequence[int]) -> SweepSpec:
+    return SweepSpec(
+        datasets=(DATASET,),
+        algorithms=tuple(variants),
+        seeds=tuple(seeds),
+        data={DATASET: setup.data_options()},
         eval_every=setup.eval_every,
         precision=setup.precision,
+        variants=dict(variants),
     )
 
 
+def method_config(setup: ColoredMNISTSetup, method: str, seed: int, sd_lam: float | None = None) -> RunConfig:
+    """The :class:`RunConfig` of ``method`` (a key of :data:`METHODS`) and ``seed`` under ``setup``: the one the
+    sweep plans for it (:func:`table_spec`)."""
+    return plan(_spec(setup, {method: method_variant(setup, method, sd_lam)}, (seed,)))[0].config
+
+
+def search_spec(setup: ColoredMNISTSetup) -> SweepSpec:
+    """The Eq. 25 λ search as a sweep: a grid over :attr:`ColoredMNISTSetup.sd_lambdas` on the search seeds."""
+    variant = method_variant(setup, "sd_eq25", setup.sd_lambdas[0])
+    variant["overrides"].pop("sd_lam")
+    variant["grid"] = {"sd_lam": [float(lam) for lam in setup.sd_lambdas]}
+    return _spec(setup, {"sd_search": variant}, setup.search_seeds)
+
+
+def table_spec(setup: ColoredMNISTSetup, chosen: Mapping[str, float] | None = None) -> SweepSpec | None:
+    """Table 1's runs as a sweep: every method of ``setup`` on its seeds; the Eq. 25 rows only once their λ is
+    known (``chosen``: selection rule -> λ). ``None`` when no method can be planned yet."""
+    chosen = chosen or {}
+    variants = {}
+    for method in setup.methods:
+        rule = METHODS[method].lambda_rule
+        if rule is not None and rule not in chosen:
+            continue
+        variants[method] = method_variant(setup, method, chosen.get(rule) if rule else None)
+    return _spec(setup, variants, setup.seeds) if variants else None
+
+
 def search_configs(setup: ColoredMNISTSetup) -> list[tuple[float, RunConfig]]:
-    """The Eq. 25 λ search: one run per (λ, search seed), λ-major."""
-    return [
-        (lam, method_config(setup, "sd_eq25", seed, lam)) for lam in setup.sd_lambdas for seed in setup.search_seeds
-    ]
+    """The Eq. 25 λ search: one run per (λ, search seed), seed-major as the sweep plans it."""
+    return [(float(run.config.hparams["sd_lam"]), run.config) for run in plan(search_spec(setup))]
 
 
 def finished_rows(runs_root: Path, config: RunConfig) -> list[dict[str, Any]] | None:
@@ -292,11 +322,22 @@ def finished_rows(runs_root: Path, config: RunConfig) -> list[dict[str, Any]] | 
     return inspection.rows
 
 
+def planned_runs(setup: ColoredMNISTSetup, chosen: Mapping[str, float] | None = None) -> list[PlannedRun]:
+    """Every run of ``setup``: the λ search (when needed), then Table 1's (the Eq. 25 rows once λ is ``chosen``);
+    a run two rows share (both rules chose one λ) is listed once."""
+    runs = plan(search_spec(setup)) if setup.needs_search else []
+    if setup.sd_lambda is not None:
+        chosen = {rule: setup.sd_lambda for rule in ("training_domain_validation", "test_domain_oracle")}
+    table = table_spec(setup, chosen)
+    names = {run.folder_name for run in runs}
+    return runs + [run for run in (plan(table) if table else []) if run.folder_name not in names]
+
+
 def audit_runs(setup: ColoredMNISTSetup, runs_root: Path, search: LambdaSearch) -> list[str]:
     """One note per problem among the planned runs: each damaged or diverged run by folder, and the missing and
     unfinished ones grouped by method (with their seeds). Empty when every planned run has finished intact."""
     damaged, absent = [], {}
-    for run in plan_runs(setup, search):
+    for run in planned_runs(setup, search.chosen):
         inspection = inspect_run(Path(runs_root) / run.config.folder_name(), run.config)
         if inspection.state == "damaged":
             damaged.append(f"{run.config.folder_name()}: {inspection.problem}")
@@ -305,7 +346,8 @@ def audit_runs(setup: ColoredMNISTSetup, runs_root: Path, search: LambdaSearch) 
             damaged.append(f"{run.config.folder_name()}: non-finite {keys} (diverged)")
         elif not inspection.finished:
             name = "λ search" if run.method == "sd_search" else run.method
-            absent.setdefault((name, inspection.state), []).append(run.label.removeprefix(run.method).strip())
+            detail = f"{run.setting} s{run.config.seed}" if run.setting else f"s{run.config.seed}"
+            absent.setdefault((name, inspection.state), []).append(detail)
     notes = [f"Damaged run, not counted: {line}" for line in damaged]
     for (name, state), seeds in absent.items():
         notes.append(f"{state.capitalize()} runs, not counted: {name} {', '.join(seeds)} (in {runs_root})")
@@ -366,123 +408,6 @@ def lambda_search(setup: ColoredMNISTSetup, runs_root: Path) -> LambdaSearch:
         row["chosen_by_test"] = chosen.get("test_domain_oracle") == lam
         table.append(row)
     return LambdaSearch(table, chosen, finished, total)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Planning and training
-# --------------------------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PlannedRun:
-    """One run of the plan: ``method`` is a :data:`METHODS` key or ``"sd_search"``."""
-
-    method: str
-    config: RunConfig
-
-    @property
-    def label(self) -> str:
-        extra = f" λ={self.config.hparams['sd_lam']:g}" if self.method.startswith("sd_") else ""
-        return f"{self.method}{extra} s{self.config.seed}"
-
-    @property
-    def steps(self) -> int:
-        return int(self.config.hparams["steps"])
-
-
-def plan_runs(setup: ColoredMNISTSetup, search: LambdaSearch | None = None) -> list[PlannedRun]:
-    """Every run of ``setup`` in execution order: the λ search first, then seed by seed every method. The Eq. 25
-    rows are planned only when their λ is known (``search.chosen``); pass ``None`` to plan the search alone."""
-    planned = []
-    if setup.needs_search:
-        planned += [PlannedRun("sd_search", config) for _, config in search_configs(setup)]
-    chosen = search.chosen if search is not None else {}
-    for seed in setup.seeds:
-        for method in setup.methods:
-            rule = METHODS[method].lambda_rule
-            if rule is not None and rule not in chosen:
-                continue
-            planned.append(PlannedRun(method, method_config(setup, method, seed, chosen.get(rule))))
-    seen, unique = set(), []
-    for run in planned:  # two rules choosing the same λ share their runs
-        if run.config.folder_name() not in seen:
-            seen.add(run.config.folder_name())
-            unique.append(run)
-    return unique
-
-
-@dataclass(frozen=True)
-class RunProgress:
-    """What a progress display needs: the current run and the totals of this invocation."""
-
-    label: str
-    step: int
-    steps: int
-    run: int
-    runs: int
-    done_steps: int
-    total_steps: int
-
-
-class _TaskCache:
-    """The last few loaded tasks, keyed by (seed, data options): the methods of one seed share their data."""
-
-    def __init__(self, data_root: Path | str | None, size: int = 2) -> None:
-        self.data_root, self.size = data_root, size
-        self.tasks: OrderedDict[tuple, Task] = OrderedDict()
-
-    def get(self, config: RunConfig) -> Task:
-        key = (config.seed, tuple(sorted(config.data.items())))
-        if key not in self.tasks:
-            options = dict(config.data)
-            if self.data_root is not None:
-                options["data_root"] = self.data_root
-            try:
-                self.tasks[key] = load_task(config.dataset, options, config.seed)
-            except MissingDataError as error:
-                raise DataMissingError(
-                    f"Colored MNIST (Table 1, Fig. 4) needs the MNIST training files, which are missing: {error}"
-                ) from error
-            while len(self.tasks) > self.size:
-                self.tasks.popitem(last=False)
-        self.tasks.move_to_end(key)
-        return self.tasks[key]
-
-
-def train_planned(
-    runs: Sequence[PlannedRun],
-    runs_root: Path,
-    *,
-    data_root: Path | str | None = None,
-    device: str = "cpu",
-    progress: Callable[[RunProgress], None] | None = None,
-    eval_batch_size: int | None = None,
-) -> int:
-    """Train every run not finished yet (in order); return how many were trained (or resumed) here."""
-    tasks = _TaskCache(data_root)
-    total = sum(run.steps for run in runs)
-    done_steps, trained = 0, 0
-    batch = eval_batch_size or (4096 if device == "cpu" else 65536)
-    for index, run in enumerate(runs):
-        if is_done(Path(runs_root) / run.config.folder_name()):
-            done_steps += run.steps
-            continue
-
-        def report(
-            step: int, _algorithm: Any, run: PlannedRun = run, index: int = index, base: int = done_steps
-        ) -> None:
-            if progress is not None:
-                progress(RunProgress(run.label, step, run.steps, index, len(runs), base + step, total))
-
-        train(
-            run.config,
-            runs_root,
-            device=device,
-            task=tasks.get(run.config),
-            callbacks=(report,),
-            eval_batch_size=batch,
-        )
-        trained += 1
-        done_steps += run.steps
-    return trained
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -874,23 +799,25 @@ def reproduce_colored_mnist(
     runs_root: Path | str | None = None,
     data_root: Path | str | None = None,
     device: str = "cpu",
-    progress: Callable[[RunProgress], None] | None = None,
-    shard: tuple[int, int] | None = None,
+    on_event: EventHandler | None = None,
+    workers: int = 0,
+    threads_per_run: int | None = None,
     train_runs: bool = True,
 ) -> Reproduction:
-    """Train what is missing and write Table 1, Fig. 4 and the λ search into ``out_dir``.
+    """Train what is missing (through :func:`gradstarve.experiments.sweep.launch`: the λ search, then Table 1's
+    runs) and write Table 1, Fig. 4 and the λ search into ``out_dir``.
 
     Args:
         setup: what to run (default: the full reproduction).
         out_dir: folder for ``table1.{md,csv}``, ``fig4.{md,csv,png,pdf}``, ``sd_lambda_search.{md,csv}``,
-            ``precision_check.{md,csv}`` (when runs of both precisions exist) and ``notes.md``.
-        runs_root: run folders (default ``out_dir/runs``).
+            ``precision_check.{md,csv}`` (when runs of both precisions exist), and the two sweep specs
+            (``search/spec.json``, ``table/spec.json``).
+        runs_root: run folders (default ``out_dir/runs``); several launches may share it (each run folder is
+            locked while it trains), so two processes can work through one plan.
         data_root: where ``mnist/`` lives (see :func:`gradstarve.data.paths.resolve_data_root`).
         device: ``"cpu"``, ``"cuda"`` or ``"auto"``.
-        progress: called after every training step with a :class:`RunProgress`.
-        shard: ``(i, k)``: train only runs ``i, i + k, ...`` of the plan, for ``k`` processes sharing a machine;
-            a shard writes no tables (run once more without ``shard`` to write them). The Eq. 25 rows start once
-            every search run has finished.
+        on_event: receives the sweep's :class:`~gradstarve.experiments.execute.RunEvent` s (progress displays).
+        workers, threads_per_run: the sweep's local backend (``workers=0``: one run at a time in this process).
         train_runs: ``False``: only assemble the tables from finished runs.
 
     Raises:
@@ -900,18 +827,31 @@ def reproduce_colored_mnist(
     setup = setup or ColoredMNISTSetup()
     out_dir = Path(out_dir)
     runs_root = Path(runs_root) if runs_root is not None else out_dir / "runs"
-    if shard is not None and not (0 <= shard[0] < shard[1]):
-        raise ValueError(f"shard must be (i, k) with 0 <= i < k, got {shard}")
 
-    def mine(runs: list[PlannedRun]) -> list[PlannedRun]:
-        return runs if shard is None else runs[shard[0] :: shard[1]]
+    def launch(name: str, spec: SweepSpec | None) -> None:
+        if spec is None:
+            return
+        try:
+            sweep_launch(
+                out_dir / name,
+                spec,
+                runs_dir=runs_root,
+                workers=workers,
+                threads_per_run=threads_per_run,
+                data_root=None if data_root is None else str(data_root),
+                device=device,
+                on_event=on_event,
+            )
+        except MissingDataError as error:
+            raise DataMissingError(
+                f"Colored MNIST (Table 1, Fig. 4) needs the MNIST training files, which are missing: {error}"
+            ) from error
 
     if train_runs:
-        train_planned(mine(plan_runs(setup)), runs_root, data_root=data_root, device=device, progress=progress)
-        search = lambda_search(setup, runs_root)
-        if search.complete:  # the Eq. 25 rows, shared out on their own so that shards stay balanced
-            tuned = [run for run in plan_runs(setup, search) if METHODS.get(run.method, METHODS["erm"]).lambda_rule]
-            train_planned(mine(tuned), runs_root, data_root=data_root, device=device, progress=progress)
+        if setup.needs_search:
+            launch("search", search_spec(setup))
+        chosen = lambda_search(setup, runs_root).chosen
+        launch("table", table_spec(setup, chosen))
     search = lambda_search(setup, runs_root)
     table = table1_rows(setup, runs_root, search)
     fig4 = fig4_rows(setup, runs_root, search)
@@ -943,9 +883,8 @@ def reproduce_colored_mnist(
         reproduction.data["sd_lambda_search"] = pd.DataFrame(search.rows)
     if precision:
         reproduction.data["precision_check"] = pd.DataFrame(precision)
-    if shard is None:
-        reproduction.files += _write(reproduction, out_dir, table, fig4, search, precision)
-        reproduction.figures = [path for path in reproduction.files if path.suffix == ".png"]
+    reproduction.files += _write(reproduction, out_dir, table, fig4, search, precision)
+    reproduction.figures = [path for path in reproduction.files if path.suffix == ".png"]
     reproduction.seconds = time.perf_counter() - start
     return reproduction
 
