@@ -1004,9 +1004,11 @@ def reproduce_everything(
     ),
     data_root: Path = typer.Option(None, "--data-root", help=_DATA_ROOT_HELP),
     out: Path = typer.Option(Path("outputs/reproduce"), "--out", help="Folder for every part and the report."),
-    only: str = typer.Option(None, help="Comma-separated subset: fig6, starvation, two-moons, colored-mnist, celeba."),
+    only: str = typer.Option(
+        None, help="Comma-separated subset: fig6, starvation, legendre, two-moons, colored-mnist, celeba."
+    ),
 ) -> None:
-    """Without a sub-command: run every reproduction (theory Fig. 6 and Thm. 2, two-moons Fig. 2-3, Colored MNIST
+    """Without a sub-command: run every reproduction (theory Fig. 6, Thm. 2, Fig. 5 + Table 4, two moons, Colored MNIST
     Table 1 + Fig. 4, CelebA Table 2) and write OUT/report.md and a self-contained OUT/report.html.
 
     A part whose data is missing is skipped with a message saying how to get it; the others still run. Options
