@@ -433,6 +433,7 @@ def reproduce_two_moons(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
+    from gradstarve.experiments.compare import plus_minus
     from gradstarve.experiments.reproduce.two_moons import MoonsReproduction, write_two_moons
 
     figures = tuple(int(f) for f in _parse_floats(figure, "--figure"))
@@ -477,11 +478,11 @@ def reproduce_two_moons(
         table.add_row(
             str(row["figure"]),
             row["label"],
-            f"{row['margin_mean_mean']:.3f} ± {row['margin_mean_std']:.3f}",
-            f"{row['margin_min_mean']:.3f} ± {row['margin_min_std']:.3f}",
+            plus_minus(row["margin_mean_mean"], row["margin_mean_std"], 3),
+            plus_minus(row["margin_min_mean"], row["margin_min_std"], 3),
             f"{row['train_accuracy_mean']:.3f}",
-            f"{row[f'abs_z{features[0]}_mean']:.2f} ± {row[f'abs_z{features[0]}_std']:.2f}",
-            f"{row[f'abs_z{features[1]}_mean']:.2f} ± {row[f'abs_z{features[1]}_std']:.2f}",
+            plus_minus(row[f"abs_z{features[0]}_mean"], row[f"abs_z{features[0]}_std"], 2),
+            plus_minus(row[f"abs_z{features[1]}_mean"], row[f"abs_z{features[1]}_std"], 2),
             f"{row['seconds']:.0f}",
         )
     _print_table(table)

@@ -12,7 +12,11 @@ Jacobian ``Φ = ∂f(X)/∂θ`` (Eq. 3), ``(n, P)`` for one output, and the empi
   ``x2`` is ``None``, since only the upper block triangle is computed).
 * ``method="jacobian"``: ``torch.func`` (``vmap`` over per-example ``jacrev``) for any model: the reference.
   It stores the Jacobian of ``x2`` (``n₂ · c · P`` numbers) and processes ``x`` in chunks of ``chunk_size`` rows.
-* ``method="auto"``: layerwise when the model qualifies, else jacobian.
+* ``method="layerwise"`` on any other stack of ``nn.Linear``, ``nn.Conv1d/2d``, ``nn.BatchNorm*`` (eval mode, running
+  statistics), ``nn.LayerNorm`` and ``nn.GroupNorm`` with parameter-free modules between them (residual additions
+  included, e.g. our ResNets): per-layer structured derivatives (:mod:`gradstarve.ntk_structured`), exact, memory
+  bounded by the chunk size.
+* ``method="auto"``: layerwise when the model qualifies, else jacobian (logging the layer that forced it).
 
 The NTK of a stochastic or batch-dependent network is not defined, so every method evaluates the model in eval mode
 (dropout off, batch norm with running statistics), restoring its mode afterwards.
@@ -25,6 +29,7 @@ Lanczos (``scipy.sparse.linalg.eigsh``), so it never stores an ``(n, n)`` or ``(
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -36,6 +41,10 @@ import torch
 from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
+
+from gradstarve.ntk_structured import UnsupportedLayerError, structured_ntk, unsupported_layer
+
+_log = logging.getLogger(__name__)
 
 #: Activation modules the layer-wise NTK handles: each acts element-wise, so its Jacobian is diagonal.
 ELEMENTWISE: tuple[type[nn.Module], ...] = (
@@ -375,7 +384,10 @@ def empirical_ntk(
         model: maps ``(n, ...)`` inputs to ``(n,)`` or ``(n, c)`` outputs; only parameters with
             ``requires_grad=True`` count. Evaluated in eval mode (see module docstring).
         x: ``(n, ...)`` inputs; ``x2``: ``(n2, ...)`` inputs (default ``x``, giving the symmetric Gram).
-        method: ``"layerwise"``, ``"jacobian"`` or ``"auto"`` (layerwise when :func:`linear_stack` accepts the model).
+        method: ``"layerwise"``, ``"jacobian"`` or ``"auto"``: layerwise for MLPs (:func:`linear_stack`) and for any
+            network whose parametrised layers are Linear, Conv1d/2d, BatchNorm, LayerNorm or GroupNorm
+            (:mod:`gradstarve.ntk_structured`); otherwise ``"auto"`` falls back to the Jacobian and logs (INFO, logger
+            ``gradstarve.ntk``) the layer that forced it, and ``"layerwise"`` raises, naming it.
         dtype: compute in this dtype (e.g. ``torch.float64`` for reference values); default the model's.
         chunk_size: examples per block of rows (layerwise) or per Jacobian chunk (jacobian); bounds peak memory at
             about ``chunk_size * n2`` (layerwise) or ``(n2 + chunk_size) * c * P`` (jacobian) numbers beside the
@@ -398,13 +410,19 @@ def empirical_ntk(
         raise ValueError(f"method must be 'auto', 'layerwise' or 'jacobian', got {method!r}")
     _trainable(model)
     with eval_mode(model), torch.no_grad():  # torch.func transforms still differentiate inside
-        if method == "layerwise" or (method == "auto" and linear_stack(model) is not None):
-            if linear_stack(model) is None:
-                raise ValueError(
-                    "method='layerwise' needs an MLP or nn.Sequential of nn.Linear, element-wise activations and "
-                    "dropout (no batch norm, convolutions or custom modules); use method='jacobian'"
-                )
+        if method in ("layerwise", "auto") and linear_stack(model) is not None:
             return _layerwise_ntk(model, x, x2, dtype, chunk_size, multi_output)
+        problem = unsupported_layer(model)
+        if method in ("layerwise", "auto") and problem is None:
+            params, buffers = _cast_state(model, dtype)
+            x2_cast = None if x2 is None else x2.to(dtype)
+            return structured_ntk(model, x.to(dtype), x2_cast, params, buffers, chunk_size, multi_output)
+        if method == "layerwise":
+            raise UnsupportedLayerError(
+                f"method='layerwise' cannot handle this model: {problem}; use method='jacobian'"
+            )
+        if method == "auto":
+            _log.info("empirical_ntk: per-example Jacobian path, because %s", problem)
         return _jacobian_ntk(model, x, x2, dtype, chunk_size, multi_output)
 
 

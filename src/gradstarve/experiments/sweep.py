@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from gradstarve.experiments import selection
+from gradstarve.experiments.compare import difference_in_std, paper_number, plus_minus
 from gradstarve.experiments.execute import (
     ERROR_FILE,
     EventHandler,
@@ -62,7 +63,6 @@ from gradstarve.experiments.execute import (
     run_one,
 )
 from gradstarve.experiments.reproduce.base import Reproduction
-from gradstarve.experiments.reproduce.paper_numbers import FIG4_ACCURACY, TABLE1, TABLE2, difference_in_std
 from gradstarve.experiments.tables import latex_table, markdown_table
 from gradstarve.experiments.tasks import TASKS, check_data, check_task_options, load_task
 from gradstarve.experiments.train import (
@@ -193,8 +193,8 @@ class SweepSpec:
             if variant.get("data"):
                 for dataset in self.datasets:
                     check_task_options(dataset, {**self.data.get(dataset, {}), **variant["data"]})
-                for key, distribution in variant.get("search", {}).items():
-                    distribution_from_spec(distribution, f"variant {name!r} search {key!r}")
+            for key, distribution in variant.get("search", {}).items():
+                distribution_from_spec(distribution, f"variant {name!r} search {key!r}")
 
     def algorithm_of(self, method: str) -> str:
         """The algorithm a method of ``algorithms`` runs (itself, or its variant's algorithm)."""
@@ -568,26 +568,6 @@ def delete_incomplete(sweep_dir: Path | str) -> list[Path]:
 # --------------------------------------------------------------------------------------------------------------
 # Collecting: model selection and tables
 # --------------------------------------------------------------------------------------------------------------
-def paper_number(dataset: str, algorithm: str, metric: str, data: Mapping[str, Any] | None = None):
-    """The paper's ``(mean, std | None)`` in percent for ``metric`` (a metrics key) of ``algorithm`` on ``dataset``,
-    or ``None``. Colored MNIST: Table 1 (``train/accuracy``, ``test/accuracy``; ERM on gray images is the paper's
-    oracle row) and Fig. 4 (``fig4/<variant>/accuracy``); CelebA: Table 2 (``test/worst_group_accuracy``,
-    ``test/accuracy`` as its average accuracy)."""
-    if dataset == "colored-mnist":
-        row = "oracle" if algorithm == "erm" and (data or {}).get("gray") else algorithm
-        column = {"train/accuracy": "train", "test/accuracy": "test"}.get(metric)
-        if column is not None:
-            return TABLE1.get(row, {}).get(column)
-        if metric.startswith("fig4/") and metric.endswith("/accuracy"):
-            value = FIG4_ACCURACY.get(algorithm, {}).get(metric.split("/")[1])
-            return None if value is None else (value, None)
-    if dataset == "celeba":
-        column = {"test/worst_group_accuracy": "worst_group", "test/accuracy": "average"}.get(metric)
-        if column is not None:
-            return TABLE2.get(algorithm, {}).get(column)
-    return None
-
-
 def _metric_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     keys = {key for row in rows for key in row}
     splits = sorted({key.rsplit("/", 1)[0] for key in keys if key.endswith("/accuracy") and key != "train/accuracy"})
@@ -624,10 +604,13 @@ class SweepResults:
             for metric in self.metrics:
                 if f"{metric} mean" not in part or part[f"{metric} mean"].isna().all():
                     continue
-                shown[metric] = [_pm(m, s) for m, s in zip(part[f"{metric} mean"], part[f"{metric} std"], strict=True)]
+                shown[metric] = [
+                    plus_minus(m, s) for m, s in zip(part[f"{metric} mean"], part[f"{metric} std"], strict=True)
+                ]
                 if f"{metric} paper" in part and part[f"{metric} paper"].notna().any():
                     shown[f"{metric} (paper)"] = [
-                        _pm(m, s) for m, s in zip(part[f"{metric} paper"], part[f"{metric} paper std"], strict=True)
+                        plus_minus(m, s)
+                        for m, s in zip(part[f"{metric} paper"], part[f"{metric} paper std"], strict=True)
                     ]
                     shown[f"{metric} Δ/σ"] = [_signed(v) for v in part[f"{metric} Δ/σ"]]
             rule_info = selection.get_rule(str(rule))
@@ -636,14 +619,6 @@ class SweepResults:
 
     def as_reproduction(self, name: str = "sweep", title: str = "Sweep results") -> Reproduction:
         return Reproduction(name, title, tables=self.display_tables(), notes=list(self.notes), files=list(self.files))
-
-
-def _pm(mean: float, std: float) -> str:
-    if mean is None or (isinstance(mean, float) and np.isnan(mean)):
-        return ""
-    if std is None or (isinstance(std, float) and np.isnan(std)):
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {std:.1f}"
 
 
 def _signed(value: float | None) -> str:

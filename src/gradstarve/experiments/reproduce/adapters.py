@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from gradstarve.experiments.compare import plus_minus
 from gradstarve.experiments.reproduce.base import Reproduction, evidence
 from gradstarve.experiments.reproduce.two_moons import MoonsReproduction
 
@@ -128,7 +129,7 @@ def two_moons(
     first, second = report.config.features
 
     def pm(row: dict, key: str, digits: int) -> str:
-        return f"{row[f'{key}_mean']:.{digits}f} ± {row[f'{key}_std']:.{digits}f}"
+        return plus_minus(row[f"{key}_mean"], row[f"{key}_std"], digits)
 
     frame = pd.DataFrame(
         {

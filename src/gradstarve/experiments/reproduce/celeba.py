@@ -72,6 +72,7 @@ from matplotlib.figure import Figure
 from gradstarve import metrics
 from gradstarve.data.celeba import celeba_group_names
 from gradstarve.experiments import selection, sweep
+from gradstarve.experiments.compare import plus_minus
 from gradstarve.experiments.reproduce._output import markdown_table, save_figure, save_table, save_text
 from gradstarve.experiments.reproduce.base import DataMissingError, Reproduction, evidence
 from gradstarve.experiments.reproduce.paper_numbers import PAPER_RUNS, TABLE2, difference_in_std
@@ -669,9 +670,7 @@ def group_rows(per_seed: Sequence[Mapping[str, Any]], group_names: Sequence[str]
 # Report: markdown, figure, notes
 # --------------------------------------------------------------------------------------------------------------
 def _pm(mean: float | None, std: float | None, digits: int = 2) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "n/a"
-    return f"{mean:.{digits}f}" if std is None else f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return plus_minus(mean, std, digits)
 
 
 def _std_units(value: float | None) -> str:

@@ -68,6 +68,7 @@ from matplotlib.figure import Figure
 
 from gradstarve.data.colored_mnist import FIG4_VARIANTS
 from gradstarve.data.errors import MissingDataError
+from gradstarve.experiments.compare import plus_minus, sigma
 from gradstarve.experiments.execute import EventHandler, PlannedRun
 from gradstarve.experiments.reproduce._output import markdown_table, save_figure, save_text
 from gradstarve.experiments.reproduce.base import DataMissingError, Reproduction, evidence
@@ -543,13 +544,7 @@ def precision_rows(setup: ColoredMNISTSetup, runs_root: Path, search: LambdaSear
 # Formatting
 # --------------------------------------------------------------------------------------------------------------
 def _pm(mean: float | None, std: float | None, digits: int = 1) -> str:
-    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
-        return "n/a"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if std is not None else f"{mean:.{digits}f}"
-
-
-def _sigma(value: float | None) -> str:
-    return "" if value is None or math.isnan(value) else f"{value:+.1f}σ"
+    return plus_minus(mean, std, digits)
 
 
 def _seeds(row: Mapping[str, Any]) -> str:
@@ -572,10 +567,10 @@ def table1_display(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[dict[str
                     "seeds": _seeds(row),
                     "train acc. (ours)": _pm(row["train_mean"], row["train_std"]),
                     "train (paper)": _pm(row["paper_train_mean"], row["paper_train_std"]),
-                    "Δ/σ train": _sigma(row["train_diff_in_paper_std"]),
+                    "Δ/σ train": sigma(row["train_diff_in_paper_std"]),
                     "test acc. (ours)": _pm(row["test_mean"], row["test_std"]),
                     "test (paper)": _pm(row["paper_test_mean"], row["paper_test_std"]),
-                    "Δ/σ test": _sigma(row["test_diff_in_paper_std"]),
+                    "Δ/σ test": sigma(row["test_diff_in_paper_std"]),
                     "step": "" if row["step_mean"] is None else f"{row['step_mean']:.0f}",
                 }
             )
@@ -654,7 +649,7 @@ def precision_display(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, str]]
             "train bfloat16": _pm(row["train_bfloat16_mean"], row["train_bfloat16_std"]),
             "test float32": _pm(row["test_float32_mean"], row["test_float32_std"]),
             "test bfloat16": _pm(row["test_bfloat16_mean"], row["test_bfloat16_std"]),
-            "test Δ / float32 std": _sigma(row["test_diff_in_float32_std"]),
+            "test Δ / float32 std": sigma(row["test_diff_in_float32_std"]),
             "largest per-seed |Δ test|": f"{row['test_max_seed_abs_diff']:.2f}",
         }
         for row in rows

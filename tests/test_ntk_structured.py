@@ -1,0 +1,150 @@
+"""The layer-wise NTK of conv / norm networks equals the plain per-example-Jacobian Gram (float64, 1e-10 relative),
+for every supported layer type, a ResNet block with a strided 1x1 shortcut and BatchNorm, several outputs, frozen
+parameters, two input sets and chunking; unsupported layers fall back (auto) or are named (layerwise)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+from torch import nn
+
+from gradstarve import ntk
+from gradstarve.models.resnet import BasicBlock, build_resnet
+from gradstarve.ntk_structured import UnsupportedLayerError, unsupported_layer
+
+
+def jacobian_gram(model: nn.Module, x: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference, written independently: per-example gradients by plain autograd, one example and output at a
+    time, stacked and multiplied. ``(n, n2, c, c)``."""
+    model.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def rows(inputs: torch.Tensor) -> torch.Tensor:
+        out = []
+        for example in inputs:
+            f = model(example.unsqueeze(0)).reshape(-1)
+            per_output = [
+                torch.cat([g.reshape(-1) for g in torch.autograd.grad(fa, params, retain_graph=True)]) for fa in f
+            ]
+            out.append(torch.stack(per_output))
+        return torch.stack(out)  # (n, c, P)
+
+    a = rows(x)
+    b = a if x2 is None else rows(x2)
+    return torch.einsum("iap,jbp->ijab", a, b)
+
+
+def settle(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """Non-trivial running statistics and affine parameters for the norm layers, then eval mode."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(x * 1.7 + 0.3)
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm1d | nn.BatchNorm2d | nn.LayerNorm | nn.GroupNorm):
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def check(model: nn.Module, x: torch.Tensor, x2: torch.Tensor | None = None, **kwargs) -> None:
+    reference = jacobian_gram(model, x, x2)
+    c = reference.shape[2]
+    full = ntk.empirical_ntk(model, x, x2=x2, method="layerwise", multi_output="full", **kwargs)
+    if c == 1:
+        torch.testing.assert_close(full, reference[:, :, 0, 0], rtol=1e-10, atol=1e-10 * reference.abs().max())
+        return
+    torch.testing.assert_close(full, reference, rtol=1e-10, atol=1e-10 * reference.abs().max())
+    trace = ntk.empirical_ntk(model, x, x2=x2, method="layerwise", multi_output="trace", **kwargs)
+    expected = reference.diagonal(dim1=2, dim2=3).sum(-1)
+    torch.testing.assert_close(trace, expected, rtol=1e-10, atol=1e-10 * expected.abs().max())
+
+
+torch.manual_seed(0)
+
+
+def test_cnn_with_strided_conv_and_a_sizeable_linear_layer():
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False), nn.Tanh(),
+        nn.Flatten(), nn.Linear(6 * 3 * 3, 8), nn.GELU(), nn.Linear(8, 1),
+    ).double()  # fmt: skip
+    x = torch.randn(5, 2, 7, 7, dtype=torch.float64)
+    check(model, x)
+    check(model, x, torch.randn(3, 2, 7, 7, dtype=torch.float64))
+    check(model, x, chunk_size=2)
+
+
+def test_batch_norm_layer_norm_group_norm_and_conv1d_with_several_outputs():
+    model = nn.Sequential(
+        nn.Conv1d(3, 4, 3, dilation=2), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 4, 2, groups=2),
+        nn.GroupNorm(2, 4), nn.Flatten(), nn.LayerNorm(4 * 5), nn.Linear(20, 3),
+    ).double()  # fmt: skip
+    x = torch.randn(4, 3, 10, dtype=torch.float64)
+    check(settle(model, x), x)
+
+
+def test_batch_norm_2d_max_pool_and_frozen_parameters():
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(12, 2)
+    ).double()
+    x = torch.randn(4, 1, 4, 4, dtype=torch.float64)
+    settle(model, x)
+    model[1].weight.requires_grad_(False)  # γ frozen, β trained
+    model[0].bias.requires_grad_(False)
+    check(model, x)
+
+
+class Block(nn.Module):
+    """Our ResNet's BasicBlock with a strided 1x1 shortcut and BatchNorm, then a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        shortcut = nn.Sequential(nn.Conv2d(3, 4, 1, stride=2, bias=False), nn.BatchNorm2d(4))
+        self.block = BasicBlock(3, 4, stride=2, downsample=shortcut)
+        self.head = nn.Linear(4 * 3 * 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(x).flatten(1))
+
+
+def test_a_resnet_block_with_a_strided_shortcut():
+    model = Block().double()
+    x = torch.randn(4, 3, 6, 6, dtype=torch.float64)
+    check(settle(model, x), x)
+
+
+def test_our_resnet18_is_handled_layerwise():
+    model = build_resnet("cpu", out_features=1, generator=torch.Generator().manual_seed(0)).double()
+    assert unsupported_layer(model) is None
+    x = torch.randn(2, 3, 16, 16, dtype=torch.float64)
+    settle(model, x)
+    reference = ntk.empirical_ntk(model, x, method="jacobian")
+    layerwise = ntk.empirical_ntk(model, x, method="layerwise")
+    torch.testing.assert_close(layerwise, reference, rtol=1e-10, atol=1e-10 * reference.abs().max())
+
+
+class Scale(nn.Module):
+    """A layer with a parameter of its own: not one the layer-wise NTK knows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 2, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x * self.scale).sum(dim=1, keepdim=True)
+
+
+def test_unsupported_layers_are_named(caplog):
+    model = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), Scale()).double()
+    x = torch.randn(3, 2, dtype=torch.float64)
+    assert "2 (Scale)" in unsupported_layer(model)
+    with pytest.raises(UnsupportedLayerError, match=r"2 \(Scale\)"):
+        ntk.empirical_ntk(model, x, method="layerwise")
+    with caplog.at_level(logging.INFO, logger="gradstarve.ntk"):
+        kernel = ntk.empirical_ntk(model, x)  # auto: the Jacobian path, logged with the layer's name
+    assert "Scale" in caplog.text
+    torch.testing.assert_close(kernel, jacobian_gram(model, x)[:, :, 0, 0], rtol=1e-10, atol=1e-12)
+    batch_stats = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, track_running_stats=False), nn.Linear(2, 1))
+    assert "no running statistics" in unsupported_layer(batch_stats)
