@@ -182,7 +182,8 @@ def _features(
             handle.remove()
     features: list[torch.Tensor | _Factored] = []
     for slot, i in enumerate(order):
-        delta = torch.stack(signals[slot], dim=1).detach()  # (n, c, *output shape)
+        parts = signals[slot]  # (n, c, *output shape); one output: a view, no copy
+        delta = parts[0].unsqueeze(1) if len(parts) == 1 else torch.stack(parts, dim=1)
         features += _layer_grads(layers[i], inputs[i], delta)
     return features
 
@@ -237,7 +238,7 @@ def structured_ntk(
     x2 = x if x2 is None else x2
     probe = _features(model, params, buffers, layers, x2[:1])
     per_example = sum(f.h.shape[1] + f.delta[0].numel() if isinstance(f, _Factored) else f[0].numel() for f in probe)
-    c = functional_call(model, (params, buffers), (x2[:1],)).reshape(1, -1).shape[1]
+    c = probe[0].delta.shape[1] if isinstance(probe[0], _Factored) else probe[0].shape[1]
     full = c > 1 and multi_output == "full"
     chunk = chunk_size or max(1, min(max(x.shape[0], x2.shape[0]), _CHUNK_NUMBERS // max(1, per_example)))
     n, n2 = x.shape[0], x2.shape[0]
