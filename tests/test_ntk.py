@@ -107,16 +107,15 @@ def test_sequential_with_flatten_dropout_and_frozen_layers():
     assert ntk.ntrf(model, x).shape == (10, 6 * 5 + 4 + 4 + 1)  # trainable: W1, b2, W3, b3
 
 
-def test_auto_falls_back_to_jacobian_for_other_models():
+def test_models_beyond_plain_linear_stacks_take_the_structured_layerwise_path():
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 1)).double()
     with torch.no_grad():
         model[1].running_mean.uniform_(-1, 1, generator=gen(15))
         model[1].running_var.uniform_(0.5, 2, generator=gen(16))
     x = torch.randn(6, 3, dtype=torch.float64, generator=gen(17))
-    assert ntk.linear_stack(model) is None
+    assert ntk.linear_stack(model) is None  # not the MLP fast path, but the structured one (tests/test_ntk_structured)
     assert_close(ntk.empirical_ntk(model, x), reference_ntk(model, x))
-    with pytest.raises(ValueError, match="layerwise"):
-        ntk.empirical_ntk(model, x, method="layerwise")
+    assert_close(ntk.empirical_ntk(model, x, method="layerwise"), reference_ntk(model, x))
 
 
 def test_dtype_option_computes_in_float64_from_a_float32_model():

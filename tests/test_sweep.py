@@ -363,3 +363,12 @@ def test_variants_are_named_methods_with_their_own_search_space(tmp_path):
 def test_bad_variants_are_refused(variants, message):
     with pytest.raises(ValueError, match=message):
         sweep.SweepSpec(("synthetic",), ("erm",), variants=variants)
+
+
+def test_collect_with_a_validation_rule_and_no_validation_split_explains_the_fix(tmp_path):
+    def rows(run):
+        return [{"step": 0, "test/accuracy": 0.5}, {"step": 10, "test/accuracy": 0.6}]
+
+    hand_written_sweep(tmp_path, sweep.SweepSpec(("two-moons",), ("erm",), (0,)), rows)
+    with pytest.raises(ValueError, match=r"need a validation split: launch with e.g. --data val_fraction=0.1"):
+        sweep.collect(tmp_path, rules=["training_domain_validation"])

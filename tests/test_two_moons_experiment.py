@@ -102,3 +102,13 @@ def test_reproduction_writes_figures_and_table(tmp_path):
 def test_bad_setting():
     with pytest.raises(ValueError, match="optimizer"):
         MoonsSetting("x", optimizer="rmsprop")
+
+
+def test_fig2_panels_are_titled_with_the_margin_the_claim_is_about(short_runs):
+    from gradstarve.experiments.reproduce.two_moons import plot_fig2
+
+    runs = [short_runs["separable"], short_runs["separable-sd"]]
+    titles = [ax.get_title() for ax in plot_fig2(runs).axes[: len(runs)]]
+    for title, run in zip(titles, runs, strict=True):
+        assert f"min distance {np.mean(run.margin_min):.3f}" in title  # the smallest distance, named
+        assert f"mean {np.mean(run.margin_mean):.3f}" in title
