@@ -145,9 +145,11 @@ def test_adapters_turn_the_existing_recipes_into_reproductions(tmp_path):
     wd = table[table["penalty"] == "weight decay"]["z2* (exact)"].to_numpy()
     assert (wd[1:] < wd[:-1]).all()  # starvation: z2* falls as s1 grows
     assert [p.name for p in fig6.figures] == ["fig6.png"]
+    assert fig6.evidence.startswith("checks hold")  # the paths end at the fixed point; the approximation is apart
 
     theorem = adapters.starvation(tmp_path / "starvation")
     assert any(note.endswith(": holds") for note in theorem.notes)
+    assert theorem.evidence.startswith("checks hold")
     curve = theorem.tables["fixed-point responses along s1"]
     assert (curve["dz2*/ds1² weight decay"].iloc[1:] < 0).all()
     assert (curve["dz2*/ds1² spectral decoupling"].abs() < 1e-9).all()
@@ -162,6 +164,7 @@ def test_adapters_turn_the_existing_recipes_into_reproductions(tmp_path):
     assert list(frame["setting"]) == ["(a) Δ < 0", "(b) Δ > 0", "(c) Δ > 0, SD"]
     assert [p.name for p in moons.figures] == ["fig2.png"]
     assert any("tenth of the steps" in note for note in moons.notes)
+    assert moons.evidence.startswith("smoke test")  # quick settings are never evidence
 
 
 def test_report_on_the_outputs_of_a_tiny_sweep(tmp_path):

@@ -1072,7 +1072,7 @@ def reproduce_everything(
     for column in ("part", "reproduces", "status", "time"):
         table.add_column(column)
     for item in result.reproductions:
-        table.add_row(item.name, item.title, "[green]reproduced[/green]", f"{item.seconds:.1f} s")
+        table.add_row(item.name, item.title, item.evidence or "ran", f"{item.seconds:.1f} s")
     for item in result.skipped:
         colour = "red" if item.kind == "failed" else "yellow"
         table.add_row(item.name, item.title, f"[{colour}]{item.kind}[/]", f"{item.seconds:.1f} s")

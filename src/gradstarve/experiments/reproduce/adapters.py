@@ -52,14 +52,23 @@ def fig6(out_dir: Path, *, quick: bool = False) -> Reproduction:
         f"{wd['z2* (exact)'].iloc[-1]:.4f} (s1 = {wd['s1'].iloc[-1]:g}): gradient starvation (Thm. 2). "
         f"Spectral decoupling: z2* stays within {np.ptp(sd['z2* (exact)']):.1e} of {sd['z2* (exact)'].mean():.4f}.",
     ]
-    distances = [v for column, v in frame.items() if str(column).startswith("max |z - z*|") for v in v]
+    # The simulated paths (primal descent, dual ascent, dual ODE) must end at the exact fixed point; the paper's
+    # approximation ("approx": closed form or Lemma 1) is reported beside them, not held to it.
+    distances = [
+        value
+        for column, values in frame.items()
+        if str(column).startswith("max |z - z*|") and "approx" not in str(column)
+        for value in values
+    ]
     return Reproduction(
         "fig6",
         "Fig. 6: primal and dual dynamics of two coupled features, weight decay vs Spectral Decoupling",
         tables={"final responses against the exact fixed point": frame},
         figures=_pngs(result.files),
         notes=notes,
-        evidence=evidence(checks=bool(np.nanmax(distances) < 1e-6), what="every path ends at the exact fixed point"),
+        evidence=evidence(
+            checks=bool(np.nanmax(distances) < 1e-6), what="primal, dual and ODE paths end at the exact fixed point"
+        ),
         seconds=time.perf_counter() - start,
         files=list(result.files),
     )
