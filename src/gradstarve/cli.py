@@ -744,7 +744,11 @@ def data_prepare(
 @app.command("hparams")
 def hparams_command(
     algorithm: str = typer.Argument(..., help="Algorithm: erm, sd, irm, vrex, group_dro, lff or jtt."),
-    dataset: str = typer.Argument(..., help="Dataset: two-moons, colored-mnist, celeba or synthetic."),
+    dataset: str = typer.Argument(
+        ...,
+        help="Dataset: two-moons, colored-mnist, celeba, synthetic, or a task registered in a module named by "
+        "$GRADSTARVE_TASK_MODULES.",
+    ),
     seed: int = typer.Option(None, "--seed", min=0, help="Also show the random-search draw with this seed."),
     as_json: bool = typer.Option(False, "--json", help="Print only the values (the draw if --seed) as JSON."),
 ) -> None:
@@ -752,6 +756,9 @@ def hparams_command(
     import json
 
     from gradstarve import hparams
+    from gradstarve.experiments.tasks import task_names
+
+    task_names()  # imports $GRADSTARVE_TASK_MODULES, whose tasks bring their hyperparameter rows
 
     try:
         specs = hparams.hparam_specs(algorithm, dataset)

@@ -191,7 +191,32 @@ _L2 = "coefficient c of c · Σ‖θ‖² added to the loss (rescaled with it by
 _FULL = "examples per step; None = full batch"
 
 
+#: Rows of data sets registered by users (:func:`register_dataset`): name -> hyperparameter rows.
+_REGISTERED: dict[str, dict[str, HParam]] = {}
+
+
+def register_dataset(name: str, defaults: Mapping[str, Any] | None = None, *, source: str = "") -> None:
+    """Give a user's data set (registered with :func:`gradstarve.experiments.tasks.register_task`) a row of the
+    table: the synthetic row's defaults (Adam, lr 1e-3, full batch, an MLP) with ``defaults`` over them. A value may
+    be an :class:`HParam` (default, search distribution, meaning, source) or a plain value (fixed, not searched)."""
+    if name in DATASETS:
+        raise ValueError(f"{name!r} is a built-in data set; register your data under another name")
+    base = _dataset_rows("synthetic")
+    base["hidden"] = _fixed([300, 300], "hidden widths (registered tasks' default MLP)")
+    base["steps"] = _fixed(1000, "full-batch steps (registered tasks' default)")
+    for key, value in (defaults or {}).items():
+        base[key] = value if isinstance(value, HParam) else _fixed(value, "set when the task was registered", source)
+    _REGISTERED[name] = base
+
+
+def dataset_names() -> tuple[str, ...]:
+    """The built-in data sets and those registered in this process."""
+    return DATASETS + tuple(name for name in _REGISTERED if name not in DATASETS)
+
+
 def _dataset_rows(dataset: str) -> dict[str, HParam]:
+    if dataset in _REGISTERED:
+        return dict(_REGISTERED[dataset])
     if dataset == "two-moons":
         source = "paper App. A.1 and released code (Figure_2/moon_fig_2.py)"
         return {
@@ -405,7 +430,7 @@ def _override_rows(algorithm: str, dataset: str) -> dict[str, HParam]:
             "jtt_first_stage_epochs": HParam(1, Choice((1, 2, 5)), "T, epochs of the identification stage", source),
         }
     if algorithm == "jtt" and dataset != "celeba":
-        steps = {"two-moons": 1000, "colored-mnist": 100, "synthetic": 10}[dataset]
+        steps = {"two-moons": 1000, "colored-mnist": 100, "synthetic": 10}.get(dataset, 100)
         return {
             "jtt_first_stage_epochs": HParam(
                 steps,
@@ -444,8 +469,8 @@ def colored_mnist_oracle_overrides() -> dict[str, Any]:
 def _check_names(algorithm: str, dataset: str) -> None:
     if algorithm not in ALGORITHM_NAMES:
         raise ValueError(f"unknown algorithm {algorithm!r}; known algorithms: {', '.join(ALGORITHM_NAMES)}")
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(DATASETS)}")
+    if dataset not in dataset_names():
+        raise ValueError(f"unknown dataset {dataset!r}; known datasets: {', '.join(dataset_names())}")
 
 
 def hparam_specs(algorithm: str, dataset: str) -> dict[str, HParam]:
@@ -484,7 +509,7 @@ def _kind(value: Any) -> str:
 def accepted_kinds(algorithm: str, dataset: str | None = None) -> dict[str, set[str]]:
     """Every hyperparameter name of ``algorithm`` (on ``dataset``, or on any data set) and the kinds of value its
     defaults take there (``"bool"``, ``"int"``, ``"float"``, ``"str"``, ``"list"``, ``"None"``)."""
-    datasets = DATASETS if dataset is None else (dataset,)
+    datasets = dataset_names() if dataset is None else (dataset,)
     kinds: dict[str, set[str]] = {}
     for name in datasets:
         for key, spec in hparam_specs(algorithm, name).items():

@@ -64,7 +64,7 @@ from gradstarve.experiments.execute import (
 )
 from gradstarve.experiments.reproduce.base import Reproduction
 from gradstarve.experiments.tables import latex_table, markdown_table
-from gradstarve.experiments.tasks import TASKS, check_data, check_task_options, load_task
+from gradstarve.experiments.tasks import check_data, check_task_options, load_task, task_names
 from gradstarve.experiments.train import (
     DamagedRunError,
     RunConfig,
@@ -91,7 +91,7 @@ class SweepSpec:
     """A sweep: every combination of ``datasets`` x ``algorithms`` x hyperparameter settings x ``seeds``.
 
     Attributes:
-        datasets, algorithms: names from :data:`gradstarve.experiments.tasks.TASKS` and
+        datasets, algorithms: names from :func:`gradstarve.experiments.tasks.task_names` and
             :data:`gradstarve.hparams.ALGORITHM_NAMES`.
         seeds: trial seeds (model initialisation, batch order, the data's randomness).
         n_hparams: random hyperparameter draws besides the defaults (0: defaults only).
@@ -136,9 +136,9 @@ class SweepSpec:
                 raise ValueError(f"{name} must not be empty")
             if len(set(getattr(self, name))) != len(value):
                 raise ValueError(f"{name} has duplicates: {list(value)}")
-        unknown = [d for d in self.datasets if d not in TASKS]
+        unknown = [d for d in self.datasets if d not in task_names()]
         if unknown:
-            raise ValueError(f"unknown datasets {unknown}; known: {', '.join(TASKS)}")
+            raise ValueError(f"unknown datasets {unknown}; known: {', '.join(task_names())}")
         self._check_variants()
         unknown = [a for a in self.algorithms if a not in ALGORITHM_NAMES and a not in self.variants]
         if unknown:

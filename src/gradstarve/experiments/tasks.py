@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import importlib
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,12 +74,85 @@ TASK_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {
 _COMMON_OPTIONS = {"data_seed": (int,)}
 
 
+#: Environment variable: comma-separated modules to import before a task name is looked up, so that the tasks they
+#: register (:func:`register_task`) exist in every process, sweep workers included.
+TASK_MODULES_VARIABLE = "GRADSTARVE_TASK_MODULES"
+
+
+@dataclass(frozen=True)
+class RegisteredTask:
+    """A user's task (:func:`register_task`)."""
+
+    name: str
+    loader: Callable[..., Mapping[str, LabelledData]]
+    options: dict[str, tuple[type, ...]]
+    build_model: Callable[[Mapping[str, Any], torch.Generator], nn.Module] | None
+
+
+_REGISTRY: dict[str, RegisteredTask] = {}
+_imported_modules: set[str] = set()
+
+
+def register_task(
+    name: str,
+    loader: Callable[..., Mapping[str, LabelledData]],
+    *,
+    hparams: Mapping[str, Any] | None = None,
+    options: Mapping[str, tuple[type, ...] | type] | None = None,
+    build_model: Callable[[Mapping[str, Any], torch.Generator], nn.Module] | None = None,
+    replace: bool = False,
+) -> None:
+    """Make your own data set a task that sweeps, ``hparams`` and the trainer accept by ``name`` (DomainBed style).
+
+    Args:
+        name: the task's name (not a built-in one).
+        loader: ``loader(seed, **options) -> {"train": LabelledData, "val": ..., "test": ..., ...}``: at least
+            ``"train"``; every split is evaluated, and ``group`` ids define the groups (worst-group accuracy, and
+            the environments / groups of IRM, V-REx and Group DRO). ``seed`` draws whatever is random in the data.
+        hparams: the task's default hyperparameters over a generic row (Adam, lr 1e-3, full batch, 1,000 steps, an
+            MLP 300-300); plain values, or :class:`gradstarve.hparams.HParam` for a searched one.
+        options: the task options ``loader`` takes, with their types (unknown options are refused).
+        build_model: ``(hparams, generator) -> nn.Module`` giving one logit per example; default an MLP on the
+            flattened inputs with ``hparams["hidden"]``.
+        replace: allow registering ``name`` again (e.g. in a notebook).
+
+    The run identity names the task and its options; each run folder also records a fingerprint of the data it
+    trained on, so a folder is never reused for other data (changed files or code fail loudly). For sweep workers
+    in other processes, register the task in a module named by ``$GRADSTARVE_TASK_MODULES``.
+    """
+    from gradstarve.hparams import DATASETS, register_dataset
+
+    if not isinstance(name, str) or not name or name in DATASETS:
+        raise ValueError(f"task name must be a new, non-empty string (built-in: {', '.join(TASKS)}), got {name!r}")
+    if name in _REGISTRY and not replace:
+        raise ValueError(f"task {name!r} is already registered; pass replace=True to register it again")
+    if not callable(loader):
+        raise ValueError("loader must be a callable: loader(seed, **options) -> {'train': LabelledData, ...}")
+    kinds = {key: value if isinstance(value, tuple) else (value,) for key, value in (options or {}).items()}
+    register_dataset(name, hparams)
+    _REGISTRY[name] = RegisteredTask(name, loader, kinds, build_model)
+
+
+def _import_task_modules() -> None:
+    for module in filter(None, (m.strip() for m in os.environ.get(TASK_MODULES_VARIABLE, "").split(","))):
+        if module not in _imported_modules:
+            _imported_modules.add(module)
+            importlib.import_module(module)
+
+
+def task_names() -> tuple[str, ...]:
+    """The built-in tasks and the registered ones (after importing ``$GRADSTARVE_TASK_MODULES``)."""
+    _import_task_modules()
+    return TASKS + tuple(_REGISTRY)
+
+
 def check_task_options(dataset: str, options: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming an unknown option of ``dataset`` (with the closest known name) or a value of the
     wrong kind."""
-    if dataset not in TASK_OPTIONS:
-        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(TASKS)}")
-    known = {**TASK_OPTIONS[dataset], **_COMMON_OPTIONS}
+    if dataset not in task_names():
+        raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(task_names())}")
+    declared = TASK_OPTIONS[dataset] if dataset in TASK_OPTIONS else _REGISTRY[dataset].options
+    known = {**declared, **_COMMON_OPTIONS}
     for name, value in options.items():
         if name in LOCATION_OPTIONS:
             continue
@@ -98,7 +173,7 @@ def check_data(dataset: str, options: Mapping[str, Any] | None = None) -> None:
     :class:`~gradstarve.data.errors.MissingDataError` / ``CorruptDataError`` with the file and the fix. Reads label
     files and checksums, not every image (a CelebA image that fails to decode is still reported when loaded)."""
     options = dict(options or {})
-    check_task_options(dataset, options)
+    check_task_options(dataset, options)  # also imports $GRADSTARVE_TASK_MODULES
     if dataset == "colored-mnist":
         from gradstarve.data.mnist import load_mnist
 
@@ -195,7 +270,7 @@ def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int 
     """The :class:`Task` ``dataset`` with ``options`` (see the module docstring); ``seed`` draws the data where it is
     random (synthetic, two-moons, Colored MNIST's shuffles, label noise and colours)."""
     options = dict(options or {})
-    check_task_options(dataset, options)
+    check_task_options(dataset, options)  # also imports $GRADSTARVE_TASK_MODULES
     data_seed = int(options.pop("data_seed", seed))
     if dataset == "synthetic":
         splits = synthetic(data_seed, **{k: options[k] for k in ("n", "dims") if k in options})
@@ -267,7 +342,24 @@ def load_task(dataset: str, options: Mapping[str, Any] | None = None, seed: int 
 
         evaluation = {**splits, "train": train}
         return Task(dataset, train, evaluation, build, augment=flip if options.get("augment", True) else None)
+    if dataset in _REGISTRY:
+        return _registered_task(_REGISTRY[dataset], options, data_seed)
     raise ValueError(f"unknown dataset {dataset!r}; known: {', '.join(TASKS)}")
+
+
+def _registered_task(entry: RegisteredTask, options: Mapping[str, Any], seed: int) -> Task:
+    arguments = {k: v for k, v in options.items() if k not in LOCATION_OPTIONS or k in entry.options}
+    splits = dict(entry.loader(seed, **arguments))
+    if "train" not in splits or not all(isinstance(v, LabelledData) for v in splits.values()):
+        raise ValueError(
+            f"the loader of task {entry.name!r} must return a dict of LabelledData with a 'train' split, got "
+            f"{ {k: type(v).__name__ for k, v in splits.items()} }"
+        )
+    if any(len(split) == 0 for split in splits.values()):
+        raise ValueError(f"task {entry.name!r}: empty splits {[k for k, v in splits.items() if len(v) == 0]}")
+    train = splits["train"]
+    build = entry.build_model or _mlp_builder(math.prod(train.x.shape[1:]))
+    return Task(entry.name, train, splits, build, metadata=dict(train.metadata))
 
 
 def _random_subset(data: LabelledData, size: int, seed: int) -> LabelledData:

@@ -1,0 +1,75 @@
+"""The examples run end to end at a tiny size, and a registered task is a task like the built-in ones: sweeps,
+``hparams`` and the trainer accept its name, in this process and (through $GRADSTARVE_TASK_MODULES) in others."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradstarve.data.base import LabelledData
+from gradstarve.experiments.tasks import load_task, register_task, task_names
+from gradstarve.experiments.train import make_config, train
+from gradstarve.hparams import default_hparams
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_shortcut_task_example_registers_sweeps_and_tabulates(tmp_path, one_thread):
+    example = load_example("register_shortcut_task")
+    results = example.main(["--fake", "--n", "400", "--steps", "10", "--seeds", "1", "--out", str(tmp_path)])
+    table = results.table
+    assert set(table["algorithm"]) == {"erm", "sd"} and (table["seeds"] == 1).all()
+    assert set(table["rule"]) == {"last_step", "worst_group_validation"}
+    assert "patch-mnist" in task_names()
+    assert default_hparams("erm", "patch-mnist")["hidden"] == [128, 128]  # the row given at registration
+
+
+def _tiny_loader(seed: int, n_points: int = 40) -> dict[str, LabelledData]:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_points, 3, generator=generator)
+    y = (x[:, 0] > 0).long()
+    data = LabelledData(x, y, y.clone(), ("negative", "positive"), "tiny")
+    return {"train": data, "test": data}
+
+
+def test_a_registered_task_trains_and_is_checked_like_a_built_in_one(tmp_path):
+    register_task("tiny-test-task", _tiny_loader, hparams={"steps": 5}, options={"n_points": int}, replace=True)
+    result = train(make_config("tiny-test-task", "erm", data={"n_points": 20}, eval_every=5), tmp_path)
+    assert [row["step"] for row in result.metrics] == [0, 5]
+    assert sum(result.metrics[-1]["train/group_count"]) == 20 and len(result.metrics[-1]["train/group_count"]) == 2
+    with pytest.raises(ValueError, match=r"unknown option 'n_pionts'.*did you mean 'n_points'"):
+        load_task("tiny-test-task", {"n_pionts": 3})
+    with pytest.raises(ValueError, match="already registered"):
+        register_task("tiny-test-task", _tiny_loader)
+    with pytest.raises(ValueError, match="new, non-empty string"):
+        register_task("colored-mnist", _tiny_loader)
+
+
+def test_other_processes_find_registered_tasks_through_the_environment():
+    env = {**os.environ, "GRADSTARVE_TASK_MODULES": "register_shortcut_task", "PYTHONPATH": str(EXAMPLES)}
+    out = subprocess.run(
+        [sys.executable, "-m", "gradstarve.cli", "hparams", "sd", "patch-mnist", "--json"],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert '"hidden": [' in out and '"steps": 300' in out
