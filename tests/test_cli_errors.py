@@ -124,3 +124,14 @@ def test_non_finite_inputs_are_named_not_turned_into_a_nan_kernel_or_blamed_on_t
     erm = ALGORITHMS["erm"](model, default_hparams("erm", "synthetic"), 1)
     with pytest.raises(FloatingPointError, match="inputs hold NaN"):
         erm.update((x, torch.zeros(6, dtype=torch.int64)))
+
+
+def test_sweep_launch_with_tensorboard_writes_event_files(capsys, tmp_path):
+    pytest.importorskip("tensorboard")
+    code, out, err = run_cli(
+        capsys, "sweep", "launch", str(tmp_path / "s"), "--datasets", "synthetic", "--algorithms", "erm",
+        "--steps", "4", "--workers", "0", "--tensorboard",
+    )  # fmt: skip
+    assert code == 0, out + err
+    events = list((tmp_path / "s" / "runs").glob("*/tensorboard/events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 0

@@ -531,6 +531,9 @@ def reproduce_celeba(
         "--report-only",
         help="Train nothing: build the tables from the finished runs in --runs (the others are named, not counted).",
     ),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Log each run's evaluation scalars to <run>/tensorboard (gradstarve[tensorboard])."
+    ),
 ) -> None:
     """Table 2: CelebA worst-group and average test accuracy of ERM, SD (Eq. 28 and Eq. 25), Group DRO, LfF, JTT.
 
@@ -587,6 +590,7 @@ def reproduce_celeba(
             report_only=report_only,
             workers=workers,
             threads_per_run=threads if workers else None,
+            tensorboard=tensorboard,
         )
     except (DataMissingError, ValueError) as error:
         console.print(f"[red]error:[/red] {error}", soft_wrap=True)
@@ -624,6 +628,9 @@ def reproduce_colored_mnist(
         min=1,
         help="CPU threads for torch per run (default: torch's, or CPUs / workers; 1 with --quick, whose small "
         "matrices gain nothing).",
+    ),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Log each run's evaluation scalars to <run>/tensorboard (gradstarve[tensorboard])."
     ),
 ) -> None:
     """Table 1 and Fig. 4: Colored MNIST with ERM, SD (released schedule and plain Eq. 25), IRM, V-REx, oracle.
@@ -665,6 +672,7 @@ def reproduce_colored_mnist(
                 workers=workers,
                 threads_per_run=(threads or (1 if quick else None)) if workers else None,
                 train_runs=not report_only,
+                tensorboard=tensorboard,
             )
         except DataMissingError as error:
             console.print(f"[red]error:[/red] {error}", soft_wrap=True)
@@ -857,6 +865,9 @@ def sweep_launch(
     address: str = typer.Option(None, help="Ray cluster address (e.g. auto); default: start a local Ray instance."),
     data_root: Path = typer.Option(None, "--data-root", help=_DATA_ROOT_HELP),
     device: str = typer.Option("auto", help="cpu, cuda or auto (cuda when available)."),
+    tensorboard: bool = typer.Option(
+        False, "--tensorboard", help="Log each run's evaluation scalars to <run>/tensorboard (gradstarve[tensorboard])."
+    ),
 ) -> None:
     """Run every unfinished run of a sweep; finished runs are skipped, interrupted ones resume from their checkpoint.
 
@@ -903,6 +914,7 @@ def sweep_launch(
                 data_root=data_root,
                 device=device,
                 on_event=on_event,
+                tensorboard=tensorboard,
             )
         except ValueError as error:
             raise _sweep_error(error) from None

@@ -131,6 +131,7 @@ def run_one(
     task: Any = None,
     on_progress: Callable[[int, int], None] | None = None,
     lock_timeout: float = 10.0,
+    tensorboard: bool = False,
 ) -> RunOutcome:
     """Train ``config`` into ``runs_dir`` under the run folder's lock; never raises for a failing run.
 
@@ -163,7 +164,15 @@ def run_one(
             if on_progress is not None:
                 total = total_steps(config.hparams, len(task.train))
                 callbacks.append(lambda step, _algorithm: on_progress(step, total))
-            result = train(config, runs_dir, data_root=data_root, device=device, task=task, callbacks=callbacks)
+            result = train(
+                config,
+                runs_dir,
+                data_root=data_root,
+                device=device,
+                task=task,
+                callbacks=callbacks,
+                tensorboard=tensorboard,
+            )
             if not is_done(result.run_dir):
                 raise RuntimeError("training returned before the last step")
     except RunBusyError as error:

@@ -73,6 +73,7 @@ from gradstarve.experiments.train import (
     is_done,
     nonfinite_metrics,
     read_metrics,
+    require_tensorboard,
     resolve_device,
 )
 from gradstarve.hparams import ALGORITHM_NAMES, default_hparams, distribution_from_spec, random_hparams
@@ -370,6 +371,7 @@ def launch(
     on_event: EventHandler | None = None,
     lock_timeout: float = 10.0,
     runs_dir: Path | str | None = None,
+    tensorboard: bool = False,
 ) -> LaunchSummary:
     """Run every unfinished run of the sweep in ``sweep_dir`` (writing ``spec`` there first if given).
 
@@ -383,6 +385,8 @@ def launch(
             folder must then be on storage every node sees.
         data_root: where data files live (not part of a run's identity).
         on_event: receives :class:`RunEvent` s (progress displays).
+        tensorboard: also log every run's evaluation scalars to ``<run>/tensorboard`` (the tensorboard package:
+            ``pip install "gradstarve[tensorboard]"``; checked before anything runs).
         runs_dir: put the run folders here instead of ``sweep_dir/runs`` (several sweeps, e.g. a search and its
             final seeds, can then share one folder of runs; a run is the same folder whichever sweep plans it).
     """
@@ -395,6 +399,8 @@ def launch(
     if address is not None and backend != "ray":
         raise ValueError("address is a Ray cluster address: use it with backend='ray'")
     resolve_device(device)  # an accelerator that is not there fails here, not once per run
+    if tensorboard:
+        require_tensorboard()
     sweep_dir = Path(sweep_dir).absolute()
     if spec is not None:
         save_spec(sweep_dir, spec)
@@ -430,11 +436,13 @@ def launch(
         outcomes: list[RunOutcome] = []
     elif inline:
         cache: dict[str, Any] = {}
-        outcomes = [_run_inline(run, root, data_root, device, on_event, lock_timeout, cache) for run in todo]
+        outcomes = [
+            _run_inline(run, root, data_root, device, on_event, lock_timeout, cache, tensorboard) for run in todo
+        ]
     elif backend == "local":
         from gradstarve.experiments.sweep_local import launch_local
 
-        outcomes = launch_local(todo, root, workers, threads, data_root, device, on_event, lock_timeout)
+        outcomes = launch_local(todo, root, workers, threads, data_root, device, on_event, lock_timeout, tensorboard)
     else:
         try:
             from gradstarve.experiments.sweep_ray import launch_ray
@@ -454,6 +462,7 @@ def launch(
             on_event=on_event,
             storage_dir=sweep_dir / "ray",
             lock_timeout=lock_timeout,
+            tensorboard=tensorboard,
         )
     return LaunchSummary(skipped + outcomes, time.perf_counter() - start)
 
@@ -466,6 +475,7 @@ def _run_inline(
     on_event: EventHandler | None,
     lock_timeout: float,
     cache: dict[str, Any],
+    tensorboard: bool = False,
 ) -> RunOutcome:
     def progress(step: int, total: int) -> None:
         if on_event is not None:
@@ -491,6 +501,7 @@ def _run_inline(
         task=cache.get("task"),
         on_progress=progress,
         lock_timeout=lock_timeout,
+        tensorboard=tensorboard,
     )
     if on_event is not None:
         on_event(RunEvent("finished", run.folder_name, outcome=outcome))

@@ -78,7 +78,13 @@ def _send(conn: Any, event: RunEvent) -> None:
 
 
 def _worker_main(
-    conn: Any, launcher_pid: int, threads: int, data_root: str | None, device: str, timeout: float
+    conn: Any,
+    launcher_pid: int,
+    threads: int,
+    data_root: str | None,
+    device: str,
+    timeout: float,
+    tensorboard: bool = False,
 ) -> None:
     """A worker process: receives ``(config, runs_dir)``, sends events, until it receives ``None``."""
     _exit_with_parent(launcher_pid)
@@ -121,7 +127,14 @@ def _worker_main(
                 _send(conn, RunEvent("progress", name, step, total))
 
         outcome = run_one(
-            config, runs_dir, data_root=data_root, device=device, task=task, on_progress=progress, lock_timeout=timeout
+            config,
+            runs_dir,
+            data_root=data_root,
+            device=device,
+            task=task,
+            on_progress=progress,
+            lock_timeout=timeout,
+            tensorboard=tensorboard,
         )
         _send(conn, RunEvent("finished", name, outcome=outcome))
 
@@ -155,6 +168,7 @@ def launch_local(
     device: str,
     on_event: EventHandler | None,
     lock_timeout: float,
+    tensorboard: bool = False,
 ) -> list[RunOutcome]:
     """Train ``runs`` into ``root`` with ``workers`` processes; return each run's outcome in order (a run whose
     outcome never arrived, after an interruption, is left out)."""
@@ -167,7 +181,7 @@ def launch_local(
         parent_end, child_end = context.Pipe()
         process = context.Process(
             target=_worker_main,
-            args=(child_end, os.getpid(), threads, data_root, device, lock_timeout),
+            args=(child_end, os.getpid(), threads, data_root, device, lock_timeout, tensorboard),
             daemon=True,
             name="gradstarve-sweep-worker",
         )

@@ -50,7 +50,13 @@ REPORT_EVERY = 2.0
 
 
 def _trial(
-    params: dict[str, Any], runs_dir: str, data_root: str | None, device: str, threads: int, lock_timeout: float
+    params: dict[str, Any],
+    runs_dir: str,
+    data_root: str | None,
+    device: str,
+    threads: int,
+    lock_timeout: float,
+    tensorboard: bool = False,
 ) -> None:
     import torch
 
@@ -65,7 +71,13 @@ def _trial(
             tune.report({"folder": config.folder_name(), "step": step, "total": total, "state": "running"})
 
     outcome = run_one(
-        config, runs_dir, data_root=data_root, device=device, on_progress=progress, lock_timeout=lock_timeout
+        config,
+        runs_dir,
+        data_root=data_root,
+        device=device,
+        on_progress=progress,
+        lock_timeout=lock_timeout,
+        tensorboard=tensorboard,
     )
     tune.report(
         {
@@ -128,6 +140,7 @@ def launch_ray(
     on_event: EventHandler | None,
     storage_dir: Path,
     lock_timeout: float = 10.0,
+    tensorboard: bool = False,
 ) -> list[RunOutcome]:
     """Run ``runs`` as Ray Tune trials (``cpus_per_run`` CPUs each); return each run's outcome in order."""
     started = False
@@ -152,6 +165,7 @@ def launch_ray(
                 device=device,
                 threads=cpus_per_run,
                 lock_timeout=lock_timeout,
+                tensorboard=tensorboard,
             ),
             {"cpu": cpus_per_run},
         )

@@ -659,8 +659,8 @@ def require_tensorboard() -> None:
     """Raise a clear ``ModuleNotFoundError`` (what to install) when the tensorboard package is missing."""
     if importlib.util.find_spec("tensorboard") is None:
         raise ModuleNotFoundError(
-            "TensorBoard logging needs the tensorboard package, which is not installed: pip install tensorboard "
-            "(or leave TensorBoard logging off)"
+            "TensorBoard logging needs the tensorboard package, which is not installed: pip install "
+            "'gradstarve[tensorboard]' (or pip install tensorboard), or leave TensorBoard logging off"
         )
 
 

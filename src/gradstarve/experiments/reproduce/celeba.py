@@ -457,6 +457,7 @@ def run_celeba(
     specs_dir: Path | str | None = None,
     workers: int = 0,
     threads_per_run: int | None = None,
+    tensorboard: bool = False,
 ) -> CelebARuns:
     """The search, then the final seeds of every chosen setting, through :func:`gradstarve.experiments.sweep.launch`
     into ``runs_dir`` (finished runs are skipped, killed ones resumed).
@@ -489,6 +490,7 @@ def run_celeba(
             threads_per_run=threads_per_run,
             data_root=data_root,
             device=device,
+            tensorboard=tensorboard,
         )
         for outcome in summary.failed:
             if report is not None:
@@ -946,6 +948,7 @@ def write_celeba(
     report_only: bool = False,
     workers: int = 0,
     threads_per_run: int | None = None,
+    tensorboard: bool = False,
 ) -> Reproduction:
     """Run (or resume) the search and the final seeds and write ``search.md`` (+ ``.csv``), ``table2.md``,
     ``table2.{csv,json}``, ``table2_groups.{csv,json}``, ``table2_seeds.{csv,json}``, ``table2_hparams.{csv,json}``,
@@ -970,6 +973,7 @@ def write_celeba(
         specs_dir=out_dir,
         workers=workers,
         threads_per_run=threads_per_run,
+        tensorboard=tensorboard,
     )
     search_text = (
         f"# CelebA hyperparameter search (seed {setup.search_seed}, selected by {SEARCH_RULE} on validation data)"

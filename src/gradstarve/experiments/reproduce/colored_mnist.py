@@ -798,6 +798,7 @@ def reproduce_colored_mnist(
     workers: int = 0,
     threads_per_run: int | None = None,
     train_runs: bool = True,
+    tensorboard: bool = False,
 ) -> Reproduction:
     """Train what is missing (through :func:`gradstarve.experiments.sweep.launch`: the λ search, then Table 1's
     runs) and write Table 1, Fig. 4 and the λ search into ``out_dir``.
@@ -814,6 +815,7 @@ def reproduce_colored_mnist(
         on_event: receives the sweep's :class:`~gradstarve.experiments.execute.RunEvent` s (progress displays).
         workers, threads_per_run: the sweep's local backend (``workers=0``: one run at a time in this process).
         train_runs: ``False``: only assemble the tables from finished runs.
+        tensorboard: log every trained run's evaluation scalars for TensorBoard (``<run>/tensorboard``).
 
     Raises:
         DataMissingError: when runs must be trained and the MNIST files are absent.
@@ -836,6 +838,7 @@ def reproduce_colored_mnist(
                 data_root=None if data_root is None else str(data_root),
                 device=device,
                 on_event=on_event,
+                tensorboard=tensorboard,
             )
         except MissingDataError as error:
             raise DataMissingError(
