@@ -148,3 +148,13 @@ def test_unsupported_layers_are_named(caplog):
     torch.testing.assert_close(kernel, jacobian_gram(model, x)[:, :, 0, 0], rtol=1e-10, atol=1e-12)
     batch_stats = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2, track_running_stats=False), nn.Linear(2, 1))
     assert "no running statistics" in unsupported_layer(batch_stats)
+
+
+def test_the_kernel_diagonal_of_a_conv_net_without_the_gram():
+    model = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1), nn.BatchNorm2d(3), nn.ReLU(), nn.Flatten(), nn.Linear(48, 2)
+    ).double()  # fmt: skip
+    x = torch.randn(5, 1, 4, 4, dtype=torch.float64)
+    settle(model, x)
+    expected = jacobian_gram(model, x).diagonal(dim1=2, dim2=3).sum(-1).diagonal()
+    torch.testing.assert_close(ntk.kernel_diagonal(model, x, chunk_size=2), expected, rtol=1e-10, atol=1e-12)

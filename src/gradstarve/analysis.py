@@ -96,7 +96,10 @@ class FeatureAnalysis:
                 model, x, labels, self.k, "matrix_free", dtype=self.dtype, batch_size=self.batch_size
             )
             self.gram_ = None
-        self.trace_ = float(ntk.kernel_diagonal(model, x, dtype=self.dtype).sum())
+        if self.gram_ is not None:  # the dense kernel is there: its trace, no second pass over the model
+            self.trace_ = float(np.trace(self.gram_))
+        else:
+            self.trace_ = float(ntk.kernel_diagonal(model, x, dtype=self.dtype).sum())
         self.U_ = found.U
         self.strengths_ = found.strengths
         self.eigenvalues_ = found.eigenvalues

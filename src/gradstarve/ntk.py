@@ -42,7 +42,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-from gradstarve.ntk_structured import UnsupportedLayerError, structured_ntk, unsupported_layer
+from gradstarve.ntk_structured import UnsupportedLayerError, structured_diagonal, structured_ntk, unsupported_layer
 
 _log = logging.getLogger(__name__)
 
@@ -445,6 +445,9 @@ def kernel_diagonal(
                     signal = layer.delta.square().sum(dim=(1, 2)) if layer.delta is not None else outputs
                     diagonal[rows] += signal * layer.h.square().sum(dim=1)
             return diagonal
+        if unsupported_layer(model) is None:  # conv / norm networks: the per-layer features, no Jacobian
+            params, buffers = _cast_state(model, dtype)
+            return structured_diagonal(model, x.to(dtype), params, buffers, chunk_size)
         f, params = _model_function(model, dtype)
         n_params = sum(p.numel() for p in params.values())
         chunk = chunk_size or max(1, min(256, _BLOCK_ELEMENTS // max(1, n_params)))

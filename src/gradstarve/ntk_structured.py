@@ -278,4 +278,30 @@ def structured_ntk(
     return kernel
 
 
-__all__ = ["SUPPORTED", "UnsupportedLayerError", "structured_ntk", "unsupported_layer"]
+def structured_diagonal(
+    model: nn.Module,
+    x: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    chunk_size: int | None,
+) -> torch.Tensor:
+    """``(n,)`` diagonal of the NTK (trace over outputs), ``Σ_l ‖∂f(x_i)/∂θ_l‖²``, from the same per-layer
+    features as :func:`structured_ntk`, chunk by chunk, without any ``n x n`` block."""
+    problem = unsupported_layer(model)
+    if problem is not None:
+        raise UnsupportedLayerError(problem)
+    layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    probe = _features(model, params, buffers, layers, x[:1])
+    per_example = sum(f.h.shape[1] + f.delta[0].numel() if isinstance(f, _Factored) else f[0].numel() for f in probe)
+    chunk = chunk_size or max(1, min(x.shape[0], _CHUNK_NUMBERS // max(1, per_example)))
+    diagonal = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    for rows in _chunks(x.shape[0], chunk):
+        for feature in _features(model, params, buffers, layers, x[rows]):
+            if isinstance(feature, _Factored):
+                diagonal[rows] += feature.h.square().sum(1) * feature.delta.square().flatten(1).sum(1)
+            else:
+                diagonal[rows] += feature.square().flatten(1).sum(1)
+    return diagonal
+
+
+__all__ = ["SUPPORTED", "UnsupportedLayerError", "structured_diagonal", "structured_ntk", "unsupported_layer"]
