@@ -19,6 +19,7 @@ for run in "$src"/*/; do
     name=$(basename "$run")
     mkdir -p "$dst/$name"
     cp "$run/config.json" "$run/metrics.jsonl" "$run/done" "$dst/$name/"
+    if [[ -f $run/data.json ]]; then cp "$run/data.json" "$dst/$name/"; fi
     copied=$((copied + 1))
 done
 echo "$copied finished runs in $dst"
