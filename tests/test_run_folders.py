@@ -168,3 +168,15 @@ def test_colored_mnist_model_resumes_bitwise(tmp_path):
         train(run, tmp_path / "b", task=_colour_task(), max_steps=11)  # a new process (new model) resumes
         resumed = train(run, tmp_path / "b", task=_colour_task())
     assert rows_without_time(resumed.metrics) == rows_without_time(reference.metrics)  # exact, not approximate
+
+
+def test_checkpoints_written_before_checksums_still_resume(tmp_path):
+    run = config()
+    train(run, tmp_path, max_steps=4)
+    checkpoint = tmp_path / run.folder_name() / "checkpoint.pt"
+    state = load_checkpoint(checkpoint)
+    torch.save(state, checkpoint)  # the old format: a plain torch file, no magic, no checksum
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RunRestartedWarning)
+        resumed = train(run, tmp_path)
+    assert rows_without_time(resumed.metrics) == rows_without_time(train(run, tmp_path / "reference").metrics)
