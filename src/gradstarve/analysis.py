@@ -160,7 +160,9 @@ class FeatureTracker:
     signature of the library's trainers.
 
     Args:
-        model, x, y: the model at initialisation and the examples to track (labels {-1, +1} or {0, 1}).
+        model: the model at initialisation.
+        x: the examples to track.
+        y: their labels, {-1, +1} or {0, 1}.
         k: number of features to track.
         every: record every ``every``-th step (ignored when ``steps`` is given).
         steps: explicit steps at which to record.

@@ -145,7 +145,8 @@ class SpectralDecouplingLoss(nn.Module):
             :func:`gradstarve.penalties.class_conditional_sd`).
         reduction: ``"mean"`` (default), ``"sum"`` or ``"none"``, applied to both terms.
         task: ``"auto"``, ``"binary"`` or ``"multiclass"``.
-        schedule, anneal_steps: the penalty schedule (:func:`sd_schedule`).
+        schedule: the penalty schedule (:func:`sd_schedule`).
+        anneal_steps: its ``T`` (:func:`sd_schedule`).
         class_mean: with per-class λ, normalise the penalty per class as the released CelebA code does
             (``Σ_c λ_c/2 · mean over class c``) instead of per example; needs ``reduction="mean"``.
 

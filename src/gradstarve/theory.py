@@ -322,7 +322,10 @@ def dual_velocity(
 
     Args:
         alpha: ``(n,)`` dual variables in (0, 1).
-        U, s, lam, penalty: the problem (see module docstring).
+        U: the features (see module docstring).
+        s: their strengths.
+        lam: λ.
+        penalty: ``"weight_decay"`` or ``"spectral_decoupling"``.
         eta: the learning rate η > 0.
 
     Returns:
