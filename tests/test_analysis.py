@@ -153,3 +153,52 @@ def test_cli_ntk_spectrum_two_moons(tmp_path):
     assert 0 < rows["trace_share"].sum() <= 1
     bad = CliRunner().invoke(app, ["ntk", "spectrum", "--dataset", "imagenet"])
     assert bad.exit_code == 2 and "dataset must be one of" in bad.output
+
+
+def _planted_shortcut(n: int = 600):
+    """A clean, strong shortcut (agrees with the label 97 %, scale 3) and a weak, noisy core feature (80 %, noise
+    0.8), plus 6 noise inputs."""
+    generator = torch.Generator().manual_seed(0)
+    y = (torch.rand(n, generator=generator) < 0.5).long()
+    signs = 2.0 * y - 1
+    core = torch.where(torch.rand(n, generator=generator) < 0.8, signs, -signs) + 0.8 * torch.randn(
+        n, generator=generator
+    )
+    shortcut = 3.0 * torch.where(torch.rand(n, generator=generator) < 0.97, signs, -signs)
+    shortcut = shortcut + 0.1 * torch.randn(n, generator=generator)
+    x = torch.stack([core, shortcut, *torch.randn(6, n, generator=generator)], dim=1).double()
+    return x, y, core, shortcut
+
+
+def test_the_report_flags_the_core_feature_as_starved_on_a_planted_shortcut():
+    x, y, core, shortcut = _planted_shortcut()
+    model = MLP(8, (64,), 1, generator=torch.Generator().manual_seed(1)).double()
+    at_init = FeatureAnalysis(k=8).fit(model, x, y)  # the features the network starts with
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    signs = (2 * y - 1).double()
+    for _ in range(300):
+        loss = torch.nn.functional.softplus(-signs * model(x)[:, 0]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    table, _ = starvation_report(
+        model, x, y, groups=y, attributes={"core": core, "shortcut": shortcut}, analysis=at_init
+    )
+    starved = table[table["starved"]]
+    assert len(starved) >= 1
+    assert (starved["alignment_core"] > starved["alignment_shortcut"]).all()  # the starved feature is the core one
+    dominant = table.loc[table["response_share"].idxmax()]
+    assert dominant["alignment_shortcut"] > 0.8 and dominant["response_share"] > 0.5
+    verdict = " ".join(table.attrs["verdict"])
+    assert "`shortcut`" in verdict and "`core`" in verdict and "is starved" in verdict
+    # alignments against numpy's correlation, within class
+    values = at_init.labels_[:, None] * at_init.U_
+    j = int(starved.iloc[0]["feature"]) - 1
+    expected = sum(
+        np.mean(at_init.labels_ == c)
+        * np.corrcoef(values[at_init.labels_ == c, j], core.numpy()[at_init.labels_ == c])[0, 1]
+        for c in (-1, 1)
+    )
+    assert starved.iloc[0]["alignment_core"] == pytest.approx(abs(expected), rel=1e-10)
+    assert table["alignment_label"].iloc[0] == pytest.approx(abs(np.corrcoef(values[:, 0], at_init.labels_)[0, 1]))
+

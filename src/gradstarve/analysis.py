@@ -15,7 +15,7 @@ the paper's released code computes for Fig. 2.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -242,32 +242,75 @@ class FeatureTracker:
         return figure
 
 
+#: A feature "carries a real share of strength" from this share of Σ s² on.
+STARVED_MIN_STRENGTH_SHARE = 0.01
+#: ... and is starved when its response share is below this fraction of its strength share.
+STARVED_RESPONSE_RATIO = 0.25
+#: The verdict names an attribute (or the label) only from this |alignment| on.
+ALIGNED = 0.2
+
+
+def _correlation(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denominator = float(np.sqrt(np.sum(a * a) * np.sum(b * b)))
+    return float(np.sum(a * b) / denominator) if denominator > 0 else 0.0
+
+
+def feature_alignment(values: np.ndarray, attribute: np.ndarray, labels: np.ndarray | None) -> float:
+    """``|correlation|`` between a feature's per-example values and an attribute; with ``labels``, *within class*:
+    the Pearson correlation inside each class, averaged with the class sizes as weights (classes where either is
+    constant count as 0), so that an attribute is not credited for what it shares with the label. The sign of a
+    feature (a singular vector) is arbitrary, hence the absolute value."""
+    if labels is None:
+        return abs(_correlation(values, attribute))
+    total = 0.0
+    for c in np.unique(labels):
+        mask = labels == c
+        total += mask.mean() * _correlation(values[mask], attribute[mask])
+    return abs(total)
+
+
 def starvation_report(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor | np.ndarray,
     groups: torch.Tensor | np.ndarray | None = None,
     *,
+    attributes: Mapping[str, torch.Tensor | np.ndarray] | None = None,
     k: int = 10,
     group_names: Sequence[str] | None = None,
     analysis: FeatureAnalysis | None = None,
 ) -> tuple[pd.DataFrame, Figure]:
-    """Which features carry the model's response, and how each feature's response splits over groups.
+    """Which features carry the model's response, which starve, and what each one aligns with.
 
     For the ``k`` strongest features (Def. 1, at the model's current parameters unless a fitted ``analysis`` is
-    given, e.g. one fitted at initialisation), with ``r = Y ŷ`` the margins:
+    given: fit one at initialisation to ask what training did with the features the network started with), with
+    ``r = Y ŷ`` the margins:
 
     * ``strength`` ``s_j`` and ``strength_share`` ``s_j² / Σ_j s_j²`` (over the ``k`` features);
     * ``response`` ``z_j = U_j^T r`` (Eq. 8) and ``response_share`` ``z_j² / Σ_j z_j²``;
-    * ``response_per_strength`` ``z_j / s_j``: how much of what the feature offers was learned. At a fixed point
-      under weight decay ``z_j / s_j = s_j (U^T α*)_j / λ`` (Eq. 18), so a strong feature whose ratio is far below
-      that of weaker ones is starved of gradient;
-    * per group ``g``, ``z[g] = Σ_{i in g} U_ij r_i``, the group's contribution to ``z_j`` (they sum to ``z_j``), and
-      the group's mean margin and accuracy in ``table.attrs["groups"]``.
+    * ``response_per_strength`` ``z_j / s_j``: how much of what the feature offers was learned (Eq. 18: at a fixed
+      point under weight decay ``z_j / s_j = s_j (U^T α*)_j / λ``);
+    * ``starved``: the feature carries a real share of strength (``strength_share >=``
+      :data:`STARVED_MIN_STRENGTH_SHARE`), gets a much smaller share of the response (``response_share <``
+      :data:`STARVED_RESPONSE_RATIO` ``x strength_share``), and a *stronger* feature is the one the response goes
+      to (``s_j`` below the strength of the feature with the largest response share): Thm. 2's situation, a strong
+      feature learned at the expense of a weaker one;
+    * ``alignment_label`` (``|corr|`` of the feature's per-example value ``y_i U_ij`` with the label) and one
+      ``alignment_<name>`` per attribute (its within-class ``|corr|``, :func:`feature_alignment`);
+    * per group ``g``, ``z[g] = Σ_{i in g} U_ij r_i``, the group's contribution to ``z_j`` (they sum to ``z_j``),
+      and the group's count, mean margin and accuracy in ``table.attrs["groups"]``.
+
+    ``table.attrs["verdict"]`` says it in sentences: the features that carry 80 % of the response and the starved
+    ones, each with the attribute (or the label) it aligns with most.
+
+    Args:
+        attributes: name -> ``(n,)`` values (binary or continuous) to align the features with, e.g. the
+            spurious attribute and the core one of a shortcut task.
 
     Returns:
-        ``(table, figure)``: a DataFrame with one row per feature, and a figure with the shares (left) and the
-        per-group contributions (right).
+        ``(table, figure)``: a DataFrame with one row per feature, and a figure with the shares (left), the
+        alignments (middle) and each group's contribution *per example* (right; means, so that small groups show).
     """
     n = x.shape[0]
     analysis = analysis if analysis is not None else FeatureAnalysis(k=min(k, n)).fit(model, x, y)
@@ -276,16 +319,33 @@ def starvation_report(
     margins = labels * logits
     z = analysis.U_.T @ margins
     strengths = analysis.strengths_
+    strength_share = strengths**2 / np.sum(strengths**2)
+    response_share = z**2 / max(np.sum(z**2), np.finfo(float).tiny)
     table = pd.DataFrame(
         {
             "feature": np.arange(1, strengths.shape[0] + 1),
             "strength": strengths,
-            "strength_share": strengths**2 / np.sum(strengths**2),
+            "strength_share": strength_share,
             "response": z,
-            "response_share": z**2 / max(np.sum(z**2), np.finfo(float).tiny),
+            "response_share": response_share,
             "response_per_strength": z / np.where(strengths > 0, strengths, np.nan),
         }
     )
+    dominant = int(np.argmax(response_share))
+    table["starved"] = (
+        (strength_share >= STARVED_MIN_STRENGTH_SHARE)
+        & (response_share < STARVED_RESPONSE_RATIO * strength_share)
+        & (strengths < strengths[dominant])
+    )
+    values = labels[:, None] * analysis.U_  # each feature as a function of the input (the label sign removed)
+    table["alignment_label"] = [feature_alignment(values[:, j], labels, None) for j in range(values.shape[1])]
+    for name, attribute in (attributes or {}).items():
+        attribute = _as_numpy(attribute).astype(np.float64).reshape(-1)
+        if attribute.shape[0] != n:
+            raise ValueError(f"attribute {name!r} must have {n} entries (one per example), got {attribute.shape[0]}")
+        table[f"alignment_{name}"] = [
+            feature_alignment(values[:, j], attribute, labels) for j in range(values.shape[1])
+        ]
     group_ids = np.zeros(n, dtype=np.int64) if groups is None else _as_numpy(groups).astype(np.int64).reshape(-1)
     if group_ids.shape[0] != n:
         raise ValueError(f"groups must have {n} entries (one per example), got {group_ids.shape[0]}")
@@ -306,26 +366,76 @@ def starvation_report(
             }
         )
     table.attrs["groups"] = pd.DataFrame(group_rows)
-    return table, _plot_report(table, [names[g] for g in present])
+    table.attrs["verdict"] = _verdict(table, list(attributes or {}))
+    counts = {names[g]: int((group_ids == g).sum()) for g in present}
+    return table, _plot_report(table, [names[g] for g in present], counts, list(attributes or {}))
 
 
-def _plot_report(table: pd.DataFrame, group_labels: list[str]) -> Figure:
-    figure = Figure(figsize=(11, 3.8), layout="constrained")
-    left, right = figure.subplots(1, 2)
+def _verdict(table: pd.DataFrame, attribute_names: list[str]) -> list[str]:
+    """Plain sentences: the features that carry 80 % of the response, and the starved ones, with what they align
+    with most (an attribute, or the label)."""
+
+    def aligned(row: pd.Series) -> str:
+        candidates = {name: row[f"alignment_{name}"] for name in attribute_names}
+        candidates["the label"] = row["alignment_label"]
+        best = max(candidates, key=candidates.get)
+        shown = best if best == "the label" else f"`{best}`"
+        if candidates[best] < ALIGNED:
+            return f"aligns with none of them (at most {candidates[best]:.2f}, with {shown})"
+        return f"aligns with {shown} ({candidates[best]:.2f})"
+
+    order = table.sort_values("response_share", ascending=False)
+    carried, total = [], 0.0
+    for _, row in order.iterrows():
+        carried.append(row)
+        total += row["response_share"]
+        if total >= 0.8:
+            break
+    listing = ", ".join(str(int(row["feature"])) for row in carried)
+    sentences = [
+        f"Feature{'s' if len(carried) > 1 else ''} {listing} carr{'y' if len(carried) > 1 else 'ies'} "
+        f"{100 * total:.0f} % of the response; " + "; ".join(f"{int(r['feature'])} {aligned(r)}" for r in carried) + "."
+    ]
+    for _, row in table[table["starved"]].iterrows():
+        sentences.append(
+            f"Feature {int(row['feature'])} ({100 * row['strength_share']:.1f} % of the strength, "
+            f"{100 * row['response_share']:.1f} % of the response) {aligned(row)} and is starved."
+        )
+    if not table["starved"].any():
+        sentences.append("No feature is starved by the rule (see starvation_report's docstring).")
+    return sentences
+
+
+def _plot_report(
+    table: pd.DataFrame, group_labels: list[str], counts: Mapping[str, int], attribute_names: list[str]
+) -> Figure:
+    figure = Figure(figsize=(15, 3.8), layout="constrained")
+    left, middle, right = figure.subplots(1, 3)
     index = table["feature"].to_numpy()
     width = 0.4
     left.bar(index - width / 2, table["strength_share"], width, label="strength share $s_j^2/\\sum s^2$")
     left.bar(index + width / 2, table["response_share"], width, label="response share $z_j^2/\\sum z^2$")
+    for j in index[table["starved"].to_numpy()]:
+        left.annotate(
+            "starved", (j, 0), textcoords="offset points", xytext=(0, -14), ha="center", fontsize=7, color="C3"
+        )
     left.set_xlabel("feature j")
     left.set_ylabel("share")
     left.legend(fontsize=8)
     left.set_title("What the network offers vs what it responds to")
-    contributions = np.array([table[f"z[{name}]"].to_numpy() for name in group_labels])
-    limit = float(np.max(np.abs(contributions))) or 1.0
-    image = right.imshow(contributions, aspect="auto", cmap="RdBu", vmin=-limit, vmax=limit)
-    right.set_yticks(range(len(group_labels)), group_labels)
+    columns = ["alignment_label", *[f"alignment_{name}" for name in attribute_names]]
+    alignment = np.array([table[column].to_numpy() for column in columns])
+    middle.imshow(alignment, aspect="auto", cmap="Greens", vmin=0, vmax=1)
+    middle.set_yticks(range(len(columns)), ["label", *attribute_names])
+    middle.set_xticks(range(len(index)), [str(j) for j in index])
+    middle.set_xlabel("feature j")
+    middle.set_title("|alignment| (within class for attributes)")
+    per_example = np.array([table[f"z[{name}]"].to_numpy() / max(1, counts[name]) for name in group_labels])
+    limit = float(np.max(np.abs(per_example))) or 1.0
+    image = right.imshow(per_example, aspect="auto", cmap="RdBu", vmin=-limit, vmax=limit)
+    right.set_yticks(range(len(group_labels)), [f"{g} (n = {counts[g]})" for g in group_labels])
     right.set_xticks(range(len(index)), [str(j) for j in index])
     right.set_xlabel("feature j")
-    right.set_title("Contribution of each group to $z_j$")
+    right.set_title("Each group's contribution to $z_j$, per example")
     figure.colorbar(image, ax=right, shrink=0.85)
     return figure
