@@ -202,3 +202,19 @@ def test_the_report_flags_the_core_feature_as_starved_on_a_planted_shortcut():
     assert starved.iloc[0]["alignment_core"] == pytest.approx(abs(expected), rel=1e-10)
     assert table["alignment_label"].iloc[0] == pytest.approx(abs(np.corrcoef(values[:, 0], at_init.labels_)[0, 1]))
 
+
+def test_a_fitted_analysis_saves_and_loads_without_pickle_or_the_gram(tmp_path):
+    x, y, _, _ = _planted_shortcut(120)
+    model = MLP(8, (16,), 1, generator=torch.Generator().manual_seed(1)).double()
+    fitted = FeatureAnalysis(k=4).fit(model, x, y)
+    path = fitted.save(tmp_path / "features.npz")
+    assert path.stat().st_size < 20_000  # U (120 x 4) and a few vectors, not the 120 x 120 Gram
+    loaded = FeatureAnalysis.load(path)
+    for name in ("U_", "strengths_", "eigenvalues_", "labels_", "initial_logits_"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(fitted, name))
+    assert loaded.trace_ == fitted.trace_ and loaded.gram_ is None
+    logits = model(x)[:, 0].detach()
+    np.testing.assert_allclose(loaded.response(logits), fitted.response(logits), rtol=0, atol=0)
+    np.savez(tmp_path / "other.npz", a=np.zeros(2))
+    with pytest.raises(ValueError, match="not a saved FeatureAnalysis"):
+        FeatureAnalysis.load(tmp_path / "other.npz")

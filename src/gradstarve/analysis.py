@@ -15,7 +15,9 @@ the paper's released code computes for Fig. 2.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -106,6 +108,36 @@ class FeatureAnalysis:
         self.labels_ = labels.numpy()
         self.initial_logits_ = _model_logits(model, x.to(next(model.parameters()).dtype))
         return self
+
+    #: The arrays :meth:`save` writes (``gram_`` is never saved: it is ``n x n``).
+    _SAVED = ("U_", "strengths_", "eigenvalues_", "labels_", "initial_logits_")
+
+    def save(self, path: str | Path) -> Path:
+        """Write the fitted features to ``path`` (``.npz``): ``U_``, ``strengths_``, ``eigenvalues_``, ``labels_``,
+        ``initial_logits_`` and ``trace_``, plus the settings as JSON text, never the Gram and never a pickle
+        (:meth:`load` reads it with ``allow_pickle=False``). Returns the path written."""
+        self._check_fitted()
+        path = Path(path)
+        settings = {"k": self.k, "method": self.method, "ntk_method": self.ntk_method, "format": 1}
+        arrays = {name: np.asarray(getattr(self, name), dtype=np.float64) for name in self._SAVED}
+        np.savez(path, trace_=np.float64(self.trace_), settings=np.array(json.dumps(settings)), **arrays)
+        return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
+
+    @classmethod
+    def load(cls, path: str | Path) -> FeatureAnalysis:
+        """A fitted analysis from :meth:`save`'s file (``gram_`` is ``None``); a file of another layout is an error
+        naming what is missing."""
+        with np.load(Path(path), allow_pickle=False) as data:
+            missing = [name for name in (*cls._SAVED, "trace_", "settings") if name not in data.files]
+            if missing:
+                raise ValueError(f"{path} is not a saved FeatureAnalysis: it lacks {missing}")
+            settings = json.loads(str(data["settings"]))
+            analysis = cls(k=settings["k"], method=settings["method"], ntk_method=settings["ntk_method"])
+            for name in cls._SAVED:
+                setattr(analysis, name, data[name])
+            analysis.trace_ = float(data["trace_"])
+        analysis.gram_ = None
+        return analysis
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "U_"):
