@@ -73,3 +73,20 @@ def test_other_processes_find_registered_tasks_through_the_environment():
         env=env, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert '"hidden": [' in out and '"steps": 300' in out
+
+
+def test_gradstarve_analyse_diagnoses_a_trained_run_folder(tmp_path, capsys):
+    from gradstarve.cli import main
+    from gradstarve.experiments.analyse import analyse_run
+
+    run = make_config("synthetic", "erm", overrides={"steps": 30}, eval_every=10)
+    run_dir = train(run, tmp_path).run_dir
+    result = analyse_run(run_dir, n=60, k=4)
+    assert list(result.table["feature"]) == [1, 2, 3, 4] and all(path.exists() for path in result.files)
+    assert "carr" in (run_dir / "analysis" / "starvation.md").read_text()  # the verdict
+    with pytest.raises(SystemExit) as exit_info:
+        main(["analyse", str(run_dir), "--n", "40", "--k", "3", "--out", str(tmp_path / "cli")])
+    assert exit_info.value.code == 0 and (tmp_path / "cli" / "starvation.png").exists()
+    (run_dir / "checkpoint.pt").unlink()
+    with pytest.raises(ValueError, match=r"no checkpoint\.pt"):
+        analyse_run(run_dir)

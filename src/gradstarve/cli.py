@@ -749,6 +749,34 @@ def data_prepare(
     console.print(f"done in {time.perf_counter() - start:.1f} s")
 
 
+@app.command("analyse")
+def analyse_command(
+    run_dir: Path = typer.Argument(..., help="A run folder with its checkpoint (e.g. from sweep launch or reproduce)."),
+    split: str = typer.Option("test", help="The task's split to analyse (train, val, test, ...)."),
+    n: int = typer.Option(1000, min=2, help="Examples (a seeded random subset of the split)."),
+    k: int = typer.Option(10, min=1, help="Features (Def. 1) to report."),
+    out: Path = typer.Option(
+        None, "--out", help="Folder for starvation.md and starvation.png [default: RUN/analysis]."
+    ),
+    data_root: Path = typer.Option(None, "--data-root", help=_DATA_ROOT_HELP),
+) -> None:
+    """Which NTK features a trained run uses and which it starves: features of its network at initialisation,
+    responses of the trained one, per group, with a plain verdict (starvation_report)."""
+    from gradstarve.experiments.analyse import analyse_run
+
+    result = analyse_run(run_dir, split=split, n=n, k=k, data_root=data_root, out_dir=out)
+    import pandas as pd
+
+    columns = ["feature", "strength_share", "response_share", "starved", "alignment_label"]
+    shown = pd.DataFrame(
+        {c: [f"{v:.3f}" if isinstance(v, float) else str(v) for v in result.table[c]] for c in columns}
+    )
+    _print_frame(shown, f"starvation diagnosis of {run_dir.name}", text_columns=("feature",))
+    for sentence in result.table.attrs["verdict"]:
+        console.print(f"- {sentence}", soft_wrap=True)
+    console.print(f"[green]wrote[/green] {', '.join(str(p) for p in result.files)}", soft_wrap=True)
+
+
 @app.command("hparams")
 def hparams_command(
     algorithm: str = typer.Argument(..., help="Algorithm: erm, sd, irm, vrex, group_dro, lff or jtt."),
