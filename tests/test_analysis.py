@@ -218,3 +218,44 @@ def test_a_fitted_analysis_saves_and_loads_without_pickle_or_the_gram(tmp_path):
     np.savez(tmp_path / "other.npz", a=np.zeros(2))
     with pytest.raises(ValueError, match="not a saved FeatureAnalysis"):
         FeatureAnalysis.load(tmp_path / "other.npz")
+
+
+class _LogitDifference(torch.nn.Module):
+    """ŷ_1 - ŷ_0 of a 2-logit model, sharing its parameters: the binary model the 2-logit features reduce to."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x)
+        return out[:, 1:2] - out[:, 0:1]
+
+
+def test_two_logit_features_are_def1_on_the_logit_difference_halved():
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 3, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 2, (40,), generator=generator)
+    model = MLP(3, (12,), 2, generator=torch.Generator().manual_seed(6)).double()
+    two_logits = FeatureAnalysis(k=6).fit(model, x, y)
+    binary = FeatureAnalysis(k=6).fit(_LogitDifference(model), x, 2 * y - 1)
+    np.testing.assert_allclose(two_logits.strengths_, binary.strengths_ / 2, rtol=1e-8)
+    np.testing.assert_allclose(np.abs(two_logits.U_.T @ binary.U_), np.eye(6), atol=1e-6)  # same features, up to sign
+    logits = model(x).detach()
+    np.testing.assert_allclose(
+        np.abs(two_logits.response(logits)), np.abs(binary.response(logits[:, 1] - logits[:, 0])) / 2, rtol=1e-8
+    )
+
+
+def test_a_ten_class_model_analyses_with_sorted_non_negative_strengths():
+    generator = torch.Generator().manual_seed(3)
+    x = torch.randn(80, 5, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 10, (80,), generator=generator)
+    model = MLP(5, (16,), 10, generator=torch.Generator().manual_seed(4)).double()
+    analysis = FeatureAnalysis(k=6).fit(model, x, y)
+    assert np.all(analysis.strengths_ >= 0) and np.all(np.diff(analysis.strengths_) <= 1e-12)
+    assert analysis.response(model(x).detach()).shape == (6,)
+    table, _ = starvation_report(model, x, y, groups=y % 2, attributes={"first input": x[:, 0]}, k=6)
+    assert list(table["feature"]) == [1, 2, 3, 4, 5, 6] and "alignment_first input" in table
+    with pytest.raises(ValueError, match="integer class labels"):
+        FeatureAnalysis(k=3).fit(model, x, y.double() + 0.5)

@@ -7,7 +7,9 @@
 * :func:`starvation_report`: which features carry the network's response and how each feature's response splits
   over groups: the "starvation monitor".
 
-Labels are ``{-1, +1}`` (``{0, 1}`` are mapped, with a warning). Responses use ``r = Y ŷ`` by default; pass a
+Labels are ``{-1, +1}`` (``{0, 1}`` are mapped, with a warning) for one-logit models, and class indices for
+``C``-logit models (2-logit and softmax heads), whose features are Def. 1 of the multi-class margin
+``Σ_c (e_y - 1/C)_c ŷ_c`` (:class:`MarginModel`; at ``C = 2`` Def. 1 on the logit difference, halved). Responses use ``r = Y ŷ`` by default; pass a
 ``baseline`` (the logits at initialisation) to use Eq. 6's deviation ``r = Y (ŷ - ŷ₀)`` instead. Note that
 ``z = U^T Y ŷ = U_K^T ŷ`` where ``U_K`` are the eigenvectors of the plain Gram ``K`` (``U = Y U_K``), which is what
 the paper's released code computes for Fig. 2.
@@ -36,15 +38,46 @@ def _as_numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> np.ndarray:
-    """``(n,)`` logits of a single-output model in eval mode, without gradients."""
+    """The model's logits in eval mode, without gradients: ``(n,)`` for one output, else ``(n, C)``."""
     outputs = []
     with ntk.eval_mode(model), torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            outputs.append(model(x[start : start + batch_size]).reshape(-1))
+            batch = x[start : start + batch_size]
+            outputs.append(model(batch).reshape(batch.shape[0], -1))
     logits = torch.cat(outputs)
-    if logits.shape[0] != x.shape[0]:
-        raise ValueError("feature responses need a model with one output (a binary logit)")
-    return _as_numpy(logits)
+    return _as_numpy(logits[:, 0] if logits.shape[1] == 1 else logits)
+
+
+class MarginModel(nn.Module):
+    """The multi-class margin of a ``C``-logit model as a one-output model: ``m(x; w) = Σ_c w_c ŷ_c(x)`` with
+    ``w = e_y - 1/C`` (the true-class logit minus the mean logit).
+
+    Its tangent features are the rows ``Σ_c w_c ∂ŷ_c/∂θ``: the direction the cross-entropy's gradient takes at
+    uniform predictions (``∂CE/∂ŷ = p - e_y``, ``p = 1/C``), signed so that the label is built in, as ``Y Φ₀`` is
+    in the binary Def. 1. With ``C = 2`` logits, ``m = y (ŷ_1 - ŷ_0) / 2`` (``y`` in {-1, +1}): Def. 1 on the logit
+    difference, up to a factor 1/2. The input is ``x`` flattened with ``w`` appended (``(n, D + C)``): the weights
+    travel with their example through every NTK path.
+    """
+
+    def __init__(self, model: nn.Module, feature_shape: Sequence[int], classes: int) -> None:
+        super().__init__()
+        self.model, self.feature_shape, self.classes = model, tuple(feature_shape), int(classes)
+
+    def forward(self, packed: torch.Tensor) -> torch.Tensor:
+        x = packed[:, : -self.classes].reshape(packed.shape[0], *self.feature_shape)
+        return (self.model(x) * packed[:, -self.classes :]).sum(dim=1, keepdim=True)
+
+
+def class_weights(y: torch.Tensor | np.ndarray, classes: int) -> np.ndarray:
+    """``(n, C)`` ``e_y - 1/C`` for integer class labels ``y`` in ``[0, C)`` (a clear error otherwise)."""
+    labels = np.asarray(_as_numpy(y)).reshape(-1)
+    if not np.all(labels == np.round(labels)) or labels.min() < 0 or labels.max() >= classes:
+        raise ValueError(
+            f"a {classes}-logit model needs integer class labels in [0, {classes}), got {np.unique(labels)[:10]}"
+        )
+    weights = np.full((labels.shape[0], classes), -1.0 / classes)
+    weights[np.arange(labels.shape[0]), labels.astype(np.int64)] += 1.0
+    return weights
 
 
 class FeatureAnalysis:
@@ -81,9 +114,27 @@ class FeatureAnalysis:
         self.batch_size = batch_size
 
     def fit(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | np.ndarray) -> FeatureAnalysis:
-        """Compute the features of ``model`` on ``(x, y)`` at its current parameters. Returns ``self``."""
+        """Compute the features of ``model`` on ``(x, y)`` at its current parameters. Returns ``self``.
+
+        One-logit models: Def. 1 with labels in {-1, +1} (or {0, 1}). ``C``-logit models (``C >= 2``): labels are
+        class indices and the features are Def. 1 of the multi-class margin (:class:`MarginModel`), which reduces
+        to Def. 1 on the logit difference at ``C = 2``.
+        """
         n = x.shape[0]
-        labels = ntk.signed_labels(y, n)
+        raw_model, raw_x = model, x
+        outputs = _model_logits(model, x[:1])
+        self.classes_ = 1 if outputs.ndim == 1 else int(outputs.shape[1])
+        if self.classes_ > 1:
+            weights = class_weights(y, self.classes_)
+            self.weights_ = weights
+            self.class_ids_ = np.argmax(weights, axis=1)
+            packed = torch.cat([x.reshape(n, -1), torch.as_tensor(weights, dtype=x.dtype, device=x.device)], dim=1)
+            model, x = MarginModel(model, x.shape[1:], self.classes_), packed
+            labels = torch.ones(n, dtype=torch.float64)
+        else:
+            self.weights_ = None
+            labels = ntk.signed_labels(y, n)
+            self.class_ids_ = (labels.numpy() > 0).astype(np.int64)
         method = self.method
         if method == "auto":
             method = "dense" if n <= 8000 else "matrix_free"
@@ -106,8 +157,18 @@ class FeatureAnalysis:
         self.strengths_ = found.strengths
         self.eigenvalues_ = found.eigenvalues
         self.labels_ = labels.numpy()
-        self.initial_logits_ = _model_logits(model, x.to(next(model.parameters()).dtype))
+        self.initial_logits_ = _model_logits(raw_model, raw_x.to(next(raw_model.parameters()).dtype))
         return self
+
+    def margins(self, logits: torch.Tensor | np.ndarray) -> np.ndarray:
+        """``r``: the label-signed logits ``y_i ŷ_i`` (one logit), or the multi-class margins ``Σ_c w_ic ŷ_ic``
+        (:class:`MarginModel`) of ``(n, C)`` logits."""
+        values = _as_numpy(logits)
+        if self.weights_ is None:
+            return self.labels_ * values.reshape(-1)
+        if values.shape != self.weights_.shape:
+            raise ValueError(f"logits must have shape {self.weights_.shape} (examples x classes), got {values.shape}")
+        return np.sum(self.weights_ * values, axis=1)
 
     #: The arrays :meth:`save` writes (``gram_`` is never saved: it is ``n x n``).
     _SAVED = ("U_", "strengths_", "eigenvalues_", "labels_", "initial_logits_")
@@ -120,6 +181,9 @@ class FeatureAnalysis:
         path = Path(path)
         settings = {"k": self.k, "method": self.method, "ntk_method": self.ntk_method, "format": 1}
         arrays = {name: np.asarray(getattr(self, name), dtype=np.float64) for name in self._SAVED}
+        arrays["class_ids_"] = np.asarray(self.class_ids_, dtype=np.float64)
+        if self.weights_ is not None:
+            arrays["weights_"] = np.asarray(self.weights_, dtype=np.float64)
         np.savez(path, trace_=np.float64(self.trace_), settings=np.array(json.dumps(settings)), **arrays)
         return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
@@ -136,6 +200,9 @@ class FeatureAnalysis:
             for name in cls._SAVED:
                 setattr(analysis, name, data[name])
             analysis.trace_ = float(data["trace_"])
+            analysis.weights_ = data["weights_"] if "weights_" in data.files else None
+            analysis.class_ids_ = data["class_ids_"].astype(np.int64) if "class_ids_" in data.files else None
+            analysis.classes_ = 1 if analysis.weights_ is None else int(analysis.weights_.shape[1])
         analysis.gram_ = None
         return analysis
 
@@ -156,14 +223,16 @@ class FeatureAnalysis:
             ``(k,)`` float64.
         """
         self._check_fitted()
-        values = _as_numpy(logits).reshape(-1)
+        values = _as_numpy(logits)
+        if values.ndim == 2 and values.shape[1] == 1:
+            values = values[:, 0]
         if values.shape[0] != self.U_.shape[0]:
             raise ValueError(
                 f"logits must have {self.U_.shape[0]} entries (the fitted examples), got {values.shape[0]}"
             )
         if baseline is not None:
-            values = values - _as_numpy(baseline).reshape(-1)
-        return self.U_.T @ (self.labels_ * values)
+            values = values - _as_numpy(baseline).reshape(values.shape)
+        return self.U_.T @ self.margins(values)
 
     def plot(self, ax=None) -> Figure:
         """The spectrum: strengths ``s_j`` (log scale) and the cumulative share of ``Σ s²`` they hold."""
@@ -347,8 +416,7 @@ def starvation_report(
     n = x.shape[0]
     analysis = analysis if analysis is not None else FeatureAnalysis(k=min(k, n)).fit(model, x, y)
     labels = analysis.labels_
-    logits = _model_logits(model, x)
-    margins = labels * logits
+    margins = analysis.margins(_model_logits(model, x))
     z = analysis.U_.T @ margins
     strengths = analysis.strengths_
     strength_share = strengths**2 / np.sum(strengths**2)
@@ -370,13 +438,15 @@ def starvation_report(
         & (strengths < strengths[dominant])
     )
     values = labels[:, None] * analysis.U_  # each feature as a function of the input (the label sign removed)
-    table["alignment_label"] = [feature_alignment(values[:, j], labels, None) for j in range(values.shape[1])]
+    classes = analysis.class_ids_
+    target = labels if analysis.weights_ is None else classes
+    table["alignment_label"] = [feature_alignment(values[:, j], target, None) for j in range(values.shape[1])]
     for name, attribute in (attributes or {}).items():
         attribute = _as_numpy(attribute).astype(np.float64).reshape(-1)
         if attribute.shape[0] != n:
             raise ValueError(f"attribute {name!r} must have {n} entries (one per example), got {attribute.shape[0]}")
         table[f"alignment_{name}"] = [
-            feature_alignment(values[:, j], attribute, labels) for j in range(values.shape[1])
+            feature_alignment(values[:, j], attribute, classes) for j in range(values.shape[1])
         ]
     group_ids = np.zeros(n, dtype=np.int64) if groups is None else _as_numpy(groups).astype(np.int64).reshape(-1)
     if group_ids.shape[0] != n:
