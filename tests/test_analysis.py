@@ -259,3 +259,14 @@ def test_a_ten_class_model_analyses_with_sorted_non_negative_strengths():
     assert list(table["feature"]) == [1, 2, 3, 4, 5, 6] and "alignment_first input" in table
     with pytest.raises(ValueError, match="integer class labels"):
         FeatureAnalysis(k=3).fit(model, x, y.double() + 0.5)
+
+
+def test_fits_report_their_progress():
+    x, y, _, _ = _planted_shortcut(100)
+    model = MLP(8, (8,), 1, generator=torch.Generator().manual_seed(1)).double()
+    seen = []
+    FeatureAnalysis(k=3, method="matrix_free", progress=lambda stage, count: seen.append((stage, count))).fit(
+        model, x, y
+    )
+    assert seen and seen[-1][0].startswith("Lanczos") and seen[-1][1] == len(seen)
+    FeatureAnalysis(k=3, progress=True).fit(model, x, y)  # a status line on stderr, no error

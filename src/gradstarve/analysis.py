@@ -9,16 +9,18 @@
 
 Labels are ``{-1, +1}`` (``{0, 1}`` are mapped, with a warning) for one-logit models, and class indices for
 ``C``-logit models (2-logit and softmax heads), whose features are Def. 1 of the multi-class margin
-``Σ_c (e_y - 1/C)_c ŷ_c`` (:class:`MarginModel`; at ``C = 2`` Def. 1 on the logit difference, halved). Responses use ``r = Y ŷ`` by default; pass a
-``baseline`` (the logits at initialisation) to use Eq. 6's deviation ``r = Y (ŷ - ŷ₀)`` instead. Note that
-``z = U^T Y ŷ = U_K^T ŷ`` where ``U_K`` are the eigenvectors of the plain Gram ``K`` (``U = Y U_K``), which is what
-the paper's released code computes for Fig. 2.
+``Σ_c (e_y - 1/C)_c ŷ_c`` (:class:`MarginModel`; at ``C = 2`` Def. 1 on the logit difference, halved).
+Responses use ``r = Y ŷ`` by default; pass a ``baseline`` (the logits at
+initialisation) to use Eq. 6's deviation ``r = Y (ŷ - ŷ₀)`` instead. Note that ``z = U^T Y ŷ = U_K^T ŷ`` where
+``U_K`` are the eigenvectors of the plain Gram ``K`` (``U = Y U_K``), which is what the paper's released code computes
+for Fig. 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +48,33 @@ def _model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> 
             outputs.append(model(batch).reshape(batch.shape[0], -1))
     logits = torch.cat(outputs)
     return _as_numpy(logits[:, 0] if logits.shape[1] == 1 else logits)
+
+
+@contextlib.contextmanager
+def _progress(progress: bool | Callable[[str, int], None]) -> Iterator[Callable[[str, int], None]]:
+    """Yield ``report(stage, count)``: the caller's callback, a rich status line on stderr (``True``), or nothing."""
+    if callable(progress):
+        yield progress
+        return
+    if not progress:
+        yield lambda stage, count: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task("features", total=None)
+
+        def report(stage: str, count: int) -> None:
+            bar.update(task, description=f"{stage}{f': {count}' if count else ''}")
+
+        yield report
 
 
 class MarginModel(nn.Module):
@@ -90,6 +119,8 @@ class FeatureAnalysis:
         ntk_method: NTK method for the dense path (see :func:`gradstarve.ntk.empirical_ntk`).
         dtype: compute dtype (default float64 for accurate eigenvectors).
         batch_size: mini-batch for the matrix-free path.
+        progress: ``True`` shows the stage (and the Lanczos product count) on stderr; a callable ``(stage, count)``
+            receives the same, e.g. for a notebook bar.
 
     Attributes set by :meth:`fit`: ``strengths_`` ``(k,)`` (s, descending), ``eigenvalues_`` (s²), ``U_`` ``(n, k)``,
     ``labels_`` ``(n,)`` in {-1, +1}, ``gram_`` ``(n, n)`` (dense only, else ``None``), ``trace_`` (``trace K =
@@ -104,9 +135,11 @@ class FeatureAnalysis:
         ntk_method: ntk.Method = "auto",
         dtype: torch.dtype | None = torch.float64,
         batch_size: int = 4096,
+        progress: bool | Callable[[str, int], None] = False,
     ) -> None:
         if method not in ("auto", "dense", "matrix_free"):
             raise ValueError(f"method must be 'auto', 'dense' or 'matrix_free', got {method!r}")
+        self.progress = progress
         self.k = k
         self.method = method
         self.ntk_method = ntk_method
@@ -140,15 +173,24 @@ class FeatureAnalysis:
             method = "dense" if n <= 8000 else "matrix_free"
         if method == "matrix_free" and self.k is None:
             raise ValueError("method='matrix_free' needs k (the number of features to compute)")
-        if method == "dense":
-            gram = ntk.empirical_ntk(model, x, method=self.ntk_method, dtype=self.dtype, multi_output="trace")
-            found = ntk.features_from_gram(gram, labels, self.k)
-            self.gram_ = _as_numpy(gram)
-        else:
-            found = ntk.top_features(
-                model, x, labels, self.k, "matrix_free", dtype=self.dtype, batch_size=self.batch_size
-            )
-            self.gram_ = None
+        with _progress(self.progress) as report:
+            if method == "dense":
+                report("NTK Gram and eigendecomposition", 0)
+                gram = ntk.empirical_ntk(model, x, method=self.ntk_method, dtype=self.dtype, multi_output="trace")
+                found = ntk.features_from_gram(gram, labels, self.k)
+                self.gram_ = _as_numpy(gram)
+            else:
+                found = ntk.top_features(
+                    model,
+                    x,
+                    labels,
+                    self.k,
+                    "matrix_free",
+                    dtype=self.dtype,
+                    batch_size=self.batch_size,
+                    progress=lambda count: report("Lanczos: kernel-vector products", count),
+                )
+                self.gram_ = None
         if self.gram_ is not None:  # the dense kernel is there: its trace, no second pass over the model
             self.trace_ = float(np.trace(self.gram_))
         else:
