@@ -1,0 +1,5 @@
+"""``python -m gradstarve.cli``."""
+
+from gradstarve.cli import main
+
+main()
