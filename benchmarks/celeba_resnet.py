@@ -1,7 +1,8 @@
 """Timings for the CelebA parts: building / reloading the image cache, and ResNet training steps.
 
     python benchmarks/celeba_resnet.py cache --data-root ../shared/data/celeba [--resolution 64]
-    python benchmarks/celeba_resnet.py step --preset cpu [--batch 128] [--device cuda] [--bf16] [--channels-last]
+    python benchmarks/celeba_resnet.py step --preset cpu [--batch 128] [--resolution 64] [--device cuda] [--bf16]
+        [--channels-last]
     python benchmarks/celeba_resnet.py torchvision   # where torchvision is installed (never a dependency)
 
 ``cache`` builds the cache in a fresh temporary folder (all three splits), then loads it again. ``step`` times one
@@ -41,9 +42,11 @@ def time_cache(data_root: str, resolution: int) -> None:
     )
 
 
-def time_step(preset: str, batch: int, steps: int, device: str, bf16: bool, channels_last: bool) -> None:
+def time_step(
+    preset: str, batch: int, steps: int, device: str, bf16: bool, channels_last: bool, resolution: int | None = None
+) -> None:
     generator = torch.Generator(device=device).manual_seed(0)
-    resolution = PRESETS[preset].resolution
+    resolution = resolution or PRESETS[preset].resolution
     model = build_resnet(preset, generator=torch.Generator().manual_seed(0)).to(device)
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -67,7 +70,7 @@ def time_step(preset: str, batch: int, steps: int, device: str, bf16: bool, chan
     median = statistics.median(times[2:])
     print(
         f"preset {preset} ({PRESETS[preset].description}) on {device}, batch {batch}, bf16={bf16}, "
-        f"channels_last={channels_last}, threads={torch.get_num_threads()}: {median * 1e3:.1f} ms per "
+        f"channels_last={channels_last}, {resolution} px, threads={torch.get_num_threads()}: {median * 1e3:.1f} ms per "
         f"augment+forward+backward+Adam step ({batch / median:.0f} images/s)"
     )
 
@@ -105,12 +108,13 @@ def main() -> None:
     step.add_argument("--device", default="cpu")
     step.add_argument("--bf16", action="store_true")
     step.add_argument("--channels-last", action="store_true")
+    step.add_argument("--resolution", type=int, default=None, help="image side (default: the preset's)")
     commands.add_parser("torchvision")
     args = parser.parse_args()
     if args.command == "cache":
         time_cache(args.data_root, args.resolution)
     elif args.command == "step":
-        time_step(args.preset, args.batch, args.steps, args.device, args.bf16, args.channels_last)
+        time_step(args.preset, args.batch, args.steps, args.device, args.bf16, args.channels_last, args.resolution)
     else:
         compare_with_torchvision()
 
