@@ -314,3 +314,16 @@ def test_table2_rows_put_the_paper_beside_ours_in_std_units_with_a_binomial_inte
     # JTT has no paper number: the paper columns stay empty
     jtt = table2_rows(seed_results({("jtt", 0): [_row(10, 0.5, 0.9, [1, 1, 1, 0.5], 2.0)]}, {"jtt": 10}))
     assert jtt[0]["paper_worst_group"] is None and jtt[0]["worst_group_diff_in_paper_std"] is None
+
+
+def test_channels_last_is_a_task_option_with_the_same_function(fake_root, tmp_path):
+    options = {**tiny_setup(tmp_path / "cache").data_options(), "data_root": str(fake_root)}
+    plain = load_task("celeba", options)
+    fast = load_task("celeba", {**options, "channels_last": True})
+    model = fast.build_model({"pretrained": False}, torch.Generator().manual_seed(0)).eval()
+    reference = plain.build_model({"pretrained": False}, torch.Generator().manual_seed(0)).eval()
+    x = plain.train.x[:4]
+    assert model.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
+    batch = fast.augment(x, torch.Generator().manual_seed(1))
+    assert batch.is_contiguous(memory_format=torch.channels_last)

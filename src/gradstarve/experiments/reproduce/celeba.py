@@ -166,6 +166,8 @@ class CelebASetup:
         cache_dir: the image cache (default ``$XDG_CACHE_HOME/gradstarve/image-cache``).
         n_search: random settings per searched method besides the default (setting 0); default 8, quick 0.
         search_seed: the seed the search runs on (its runs are also that seed's final runs).
+        channels_last: the model and batches in channels-last memory (1.3x faster steps here; a task option, so
+            part of each run's identity).
     """
 
     preset: str = "cpu"
@@ -180,6 +182,7 @@ class CelebASetup:
     cache_dir: str | None = None
     n_search: int | None = None
     search_seed: int = 0
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:
@@ -267,6 +270,8 @@ class CelebASetup:
             options["pretrained_weights"] = str(self.pretrained_weights)
         if self.cache_dir is not None:
             options["cache_dir"] = str(self.cache_dir)
+        if self.channels_last:
+            options["channels_last"] = True
         return options
 
     def config(self, method: str, seed: int, n_train: int) -> RunConfig:
