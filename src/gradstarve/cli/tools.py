@@ -7,23 +7,12 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from gradstarve.cli._shell import (  # noqa: F401
+from gradstarve.cli._shell import (
     _DATA_ROOT_HELP,
-    _SHORT_PENALTY,
-    DataSet,
-    _fmt,
-    _parse_floats,
-    _print_files,
     _print_frame,
     _print_table,
-    _run_progress,
     app,
     console,
-    data_app,
-    ntk_app,
-    reproduce_app,
-    sweep_app,
-    theory_app,
 )
 
 
