@@ -4,19 +4,21 @@ plain-text tables off a terminal, and a report whose summary says what each part
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import numpy as np
 import pytest
+import torch
 
 from gradstarve import theory
 from gradstarve.cli import main
+from gradstarve.devices import resolve_device
 from gradstarve.experiments.reproduce.base import evidence
 from gradstarve.experiments.train import (
     ScheduleNeverSwitchesWarning,
     make_config,
     require_tensorboard,
-    resolve_device,
     train,
 )
 
@@ -135,3 +137,27 @@ def test_sweep_launch_with_tensorboard_writes_event_files(capsys, tmp_path):
     assert code == 0, out + err
     events = list((tmp_path / "s" / "runs").glob("*/tensorboard/events.out.tfevents.*"))
     assert len(events) == 1 and events[0].stat().st_size > 0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(events[0].parent)).Reload()
+    tags = logged.Tags()["scalars"]
+    assert {"z/z1", "z/z5", "test/accuracy"} <= set(tags)
+    run_dir = events[0].parents[1]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [event.step for event in logged.Scalars("z/z1")] == [row["step"] for row in rows]
+    # z at the last evaluation is U^T (Y ŷ) of the trained network, with U the features at initialisation
+    from gradstarve.analysis import FeatureAnalysis
+    from gradstarve.experiments.execute import config_from_dict
+    from gradstarve.experiments.runs import load_checkpoint
+    from gradstarve.experiments.tasks import load_task
+
+    config = config_from_dict(json.loads((run_dir / "config.json").read_text()))
+    task = load_task(config.dataset, config.data, config.seed)
+    initial = task.build_model(config.hparams, torch.Generator().manual_seed(config.seed))
+    n = min(256, len(task.train))
+    analysis = FeatureAnalysis(k=5).fit(initial, task.train.x[:n], 2 * task.train.y[:n] - 1)
+    state = load_checkpoint(run_dir / "checkpoint.pt")["algorithm"]
+    initial.load_state_dict({key[len("model.") :]: value for key, value in state.items() if key.startswith("model.")})
+    with torch.no_grad():
+        expected = analysis.response(initial.eval()(task.train.x[:n]).reshape(-1))
+    assert logged.Scalars("z/z1")[-1].value == pytest.approx(expected[0], rel=1e-5, abs=1e-6)

@@ -23,6 +23,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 def load_example(name: str):
     spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses in the example look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -90,3 +91,27 @@ def test_gradstarve_analyse_diagnoses_a_trained_run_folder(tmp_path, capsys):
     (run_dir / "checkpoint.pt").unlink()
     with pytest.raises(ValueError, match=r"no checkpoint\.pt"):
         analyse_run(run_dir)
+
+
+def test_the_cnn_example_reports_the_shortcut_and_groups(capsys, one_thread):
+    table = load_example("analyse_your_cnn").main(["--n", "120", "--probe", "60", "--steps", "5"])
+    assert list(table["feature"]) == [1, 2, 3, 4, 5, 6]
+    assert (table["strength"].diff().dropna() <= 1e-12).all()  # sorted, strongest first
+    assert {"alignment_core", "alignment_shortcut"} <= set(table.columns)
+    assert "class 1, patch agrees" in capsys.readouterr().out
+
+
+def test_the_plain_loop_example_trains_erm_and_sd_and_tracks_z(one_thread):
+    outcomes = load_example("sd_in_your_loop").main(["--n", "200", "--steps", "20"])
+    assert [outcome.loss for outcome in outcomes] == ["erm", "sd"]
+    assert all(len(outcome.z_final) == 5 and outcome.verdict for outcome in outcomes)
+    assert all(0.0 <= outcome.test_accuracy <= 1.0 for outcome in outcomes)
+
+
+def test_the_lightning_example_fits_and_writes_the_report(tmp_path, one_thread):
+    pytest.importorskip("lightning.pytorch")
+    callback = load_example("lightning_callback").main(
+        ["--n", "256", "--probe", "40", "--epochs", "1", "--every", "1", "--out", str(tmp_path)]
+    )
+    assert callback.history["step"].tolist() == [0, 1, 2]  # 256 rows in batches of 128
+    assert all(path.exists() for path in callback.files)

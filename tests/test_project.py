@@ -55,3 +55,45 @@ def test_the_package_face_is_lazy_and_complete():
         "assert g.FeatureAnalysis.__module__ == 'gradstarve.analysis' and g.fixed_point is g.theory.fixed_point"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_package_type_checks():
+    """mypy at the level pyproject's [tool.mypy] sets (every module not on its shrinking ignore list)."""
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_wheel_builds_and_installs_into_a_fresh_venv(tmp_path):
+    """``pip wheel . --no-deps`` (offline: no build isolation), then that wheel alone into an empty venv."""
+    import sys
+    import venv
+    import zipfile
+
+    source = tmp_path / "source"  # a copy: the build writes build/ and egg-info beside the sources
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, source / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+    subprocess.run(
+        [*pip, "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(tmp_path / "dist")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("gradstarve-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "gradstarve/py.typed" in names and "gradstarve/integrations/lightning.py" in names
+    assert not any(name.startswith(("tests/", "docs/", "examples/")) for name in names)
+
+    env_dir = tmp_path / "fresh"
+    venv.create(env_dir, with_pip=False)
+    python = env_dir / ("Scripts/python.exe" if sys.platform == "win32" else "bin/python")
+    subprocess.run([*pip, "--python", str(python), "install", "--no-deps", str(wheel)], check=True, capture_output=True)
+    code = (
+        "import importlib.metadata as m, gradstarve;"
+        "assert gradstarve.__version__ == m.version('gradstarve');"
+        "assert any(str(f).endswith('py.typed') for f in m.files('gradstarve'));"
+        "scripts = m.entry_points(group='console_scripts', name='gradstarve');"
+        "assert [e.value for e in scripts] == ['gradstarve.cli:main']"
+    )
+    subprocess.run([str(python), "-c", code], check=True, cwd=tmp_path)  # the venv has no torch: the face is lazy

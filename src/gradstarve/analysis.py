@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from torch import nn
 
 from gradstarve import ntk
+from gradstarve.devices import model_device, on_device, resolve_device
 
 
 def _as_numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
@@ -40,11 +41,13 @@ def _as_numpy(values: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def _model_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 8192) -> np.ndarray:
-    """The model's logits in eval mode, without gradients: ``(n,)`` for one output, else ``(n, C)``."""
+    """The model's logits in eval mode, without gradients: ``(n,)`` for one output, else ``(n, C)``. ``x`` is moved
+    to the model's device batch by batch (a trainer may have moved the model since ``x`` was chosen)."""
     outputs = []
+    device = model_device(model)
     with ntk.eval_mode(model), torch.no_grad():
         for start in range(0, x.shape[0], batch_size):
-            batch = x[start : start + batch_size]
+            batch = x[start : start + batch_size].to(device)
             outputs.append(model(batch).reshape(batch.shape[0], -1))
     logits = torch.cat(outputs)
     return _as_numpy(logits[:, 0] if logits.shape[1] == 1 else logits)
@@ -121,6 +124,9 @@ class FeatureAnalysis:
         batch_size: mini-batch for the matrix-free path.
         progress: ``True`` shows the stage (and the Lanczos product count) on stderr; a callable ``(stage, count)``
             receives the same, e.g. for a notebook bar.
+        device: compute on this device (``"auto"``: CUDA when visible, ``"cpu"``, ``"cuda[:N]"``); the model is
+            copied there, never moved (:func:`gradstarve.devices.on_device`). Default: where the model is, with
+            ``x`` moved to it.
 
     Attributes set by :meth:`fit`: ``strengths_`` ``(k,)`` (s, descending), ``eigenvalues_`` (s²), ``U_`` ``(n, k)``,
     ``labels_`` ``(n,)`` in {-1, +1}, ``gram_`` ``(n, n)`` (dense only, else ``None``), ``trace_`` (``trace K =
@@ -136,7 +142,10 @@ class FeatureAnalysis:
         dtype: torch.dtype | None = torch.float64,
         batch_size: int = 4096,
         progress: bool | Callable[[str, int], None] = False,
+        device: str | torch.device | None = None,
     ) -> None:
+        if device is not None:
+            resolve_device(device)  # an accelerator that is not there fails here, not at fit time
         if method not in ("auto", "dense", "matrix_free"):
             raise ValueError(f"method must be 'auto', 'dense' or 'matrix_free', got {method!r}")
         self.progress = progress
@@ -145,6 +154,7 @@ class FeatureAnalysis:
         self.ntk_method = ntk_method
         self.dtype = dtype
         self.batch_size = batch_size
+        self.device = device
 
     def fit(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor | np.ndarray) -> FeatureAnalysis:
         """Compute the features of ``model`` on ``(x, y)`` at its current parameters. Returns ``self``.
@@ -153,6 +163,7 @@ class FeatureAnalysis:
         class indices and the features are Def. 1 of the multi-class margin (:class:`MarginModel`), which reduces
         to Def. 1 on the logit difference at ``C = 2``.
         """
+        model, (x,) = on_device(model, (x,), self.device if self.device is not None else model_device(model))
         n = x.shape[0]
         raw_model, raw_x = model, x
         outputs = _model_logits(model, x[:1])
@@ -312,6 +323,8 @@ class FeatureTracker:
         relative_to_initial: use Eq. 6's ``r = Y (ŷ - ŷ₀)`` so that ``z(0) = 0``; default ``False`` uses
             ``r = Y ŷ``, as the paper's Fig. 2 does.
         method: feature computation (see :class:`FeatureAnalysis`).
+        device: where the features are computed (see :class:`FeatureAnalysis`); the responses are evaluated
+            wherever the model is at each step.
     """
 
     def __init__(
@@ -325,6 +338,7 @@ class FeatureTracker:
         steps: Iterable[int] | None = None,
         relative_to_initial: bool = False,
         method: Literal["auto", "dense", "matrix_free"] = "auto",
+        device: str | torch.device | None = None,
     ) -> None:
         if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be a positive integer, got {every!r}")
@@ -332,7 +346,7 @@ class FeatureTracker:
         self.x = x
         self.every = every
         self.steps = None if steps is None else {int(step) for step in steps}
-        self.analysis = FeatureAnalysis(k=min(k, x.shape[0]), method=method).fit(model, x, y)
+        self.analysis = FeatureAnalysis(k=min(k, x.shape[0]), method=method, device=device).fit(model, x, y)
         self.baseline = self.analysis.initial_logits_ if relative_to_initial else None
         self._steps: list[int] = []
         self._responses: list[np.ndarray] = []

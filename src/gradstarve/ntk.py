@@ -42,6 +42,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
+from gradstarve.devices import on_device
 from gradstarve.ntk_structured import UnsupportedLayerError, structured_diagonal, structured_ntk, unsupported_layer
 
 _log = logging.getLogger(__name__)
@@ -377,6 +378,7 @@ def empirical_ntk(
     dtype: torch.dtype | None = None,
     chunk_size: int | None = None,
     multi_output: MultiOutput = "full",
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """The empirical NTK ``K(x, x2) = Φ(x) Φ(x2)^T`` at the model's current parameters (Eq. 3-5).
 
@@ -394,10 +396,13 @@ def empirical_ntk(
             output. Default: blocks of about 2^25 numbers.
         multi_output: for ``c > 1`` outputs, ``"full"`` returns ``(n, n2, c, c)``, ``"trace"`` returns the sum over
             outputs ``Σ_a K_aa``, ``(n, n2)``.
+        device: compute on this device (``"auto"``, ``"cpu"``, ``"cuda[:N]"``; see :func:`gradstarve.devices.on_device`:
+            the model is copied there, never moved); default: where the model and ``x`` are.
 
     Returns:
-        ``(n, n2)`` (one output or ``"trace"``) or ``(n, n2, c, c)`` tensor.
+        ``(n, n2)`` (one output or ``"trace"``) or ``(n, n2, c, c)`` tensor, on the compute device.
     """
+    model, (x, x2) = on_device(model, (x, x2), device)
     _check_inputs(model, x)
     if x2 is not None:
         _check_inputs(model, x2, "x2")
@@ -427,10 +432,17 @@ def empirical_ntk(
 
 
 def kernel_diagonal(
-    model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype | None = None, chunk_size: int | None = None
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
 ) -> torch.Tensor:
     """``(n,)`` diagonal of the NTK, ``K_ii = ‖∂f(x_i)/∂θ‖²`` (single output, or the trace over outputs), without
-    the full Gram: ``Σ_l (‖h_{l-1}‖² + 1) ‖δ_l‖²`` for linear stacks, chunked per-example Jacobians otherwise."""
+    the full Gram: ``Σ_l (‖h_{l-1}‖² + 1) ‖δ_l‖²`` for linear stacks, chunked per-example Jacobians otherwise.
+    ``device`` as in :func:`empirical_ntk`."""
+    model, (x,) = on_device(model, (x,), device)
     _check_inputs(model, x)
     dtype = _resolve_dtype(model, x, dtype)
     _trainable(model)
@@ -472,7 +484,7 @@ def ntrf(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype | None = None)
 
 def signed_labels(y: torch.Tensor | np.ndarray, n: int) -> torch.Tensor:
     """Labels as a float64 ``{-1, +1}`` tensor of shape ``(n,)``; ``{0, 1}`` labels are mapped (with a warning)."""
-    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y).reshape(-1)
+    y = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y.detach().cpu()).reshape(-1)
     if y.shape[0] != n:
         raise ValueError(f"x has {n} examples but y has {y.shape[0]} labels")
     values = set(torch.unique(y).tolist())
@@ -584,6 +596,7 @@ def top_features(
     batch_size: int = 4096,
     tol: float = 0.0,
     progress: Callable[[int], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> Features:
     """The ``k`` strongest features of ``Y Φ₀ = U S V^T`` (Def. 1) at the model's current parameters.
 
@@ -596,7 +609,9 @@ def top_features(
         k: number of features, ``1 <= k < n`` for matrix-free.
         tol: Lanczos relative tolerance on eigenvalues (0 = machine precision).
         progress: called with the number of kernel-vector products done so far (matrix-free), e.g. to update a bar.
+        device: compute on this device, as in :func:`empirical_ntk`.
     """
+    model, (x,) = on_device(model, (x,), device)
     _check_inputs(model, x)
     n = x.shape[0]
     signs = signed_labels(y, n).numpy()

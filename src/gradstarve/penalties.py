@@ -159,7 +159,7 @@ def spectral_decoupling(
     """
     check_logits(logits)
     lam = check_lam(lam)
-    reduction = _check_reduction(reduction)
+    _check_reduction(reduction)
     squared = (logits - float(gamma)).square()
     per_example = squared.reshape(squared.shape[0], -1).sum(dim=1)
     return _reduce(0.5 * lam * per_example, reduction)
@@ -204,7 +204,7 @@ def class_conditional_sd(
         A scalar, or ``(n,)`` for ``reduction="none"``.
     """
     check_labels(logits, y)
-    reduction = _check_reduction(reduction, CLASS_REDUCTIONS)
+    _check_reduction(reduction, CLASS_REDUCTIONS)
     classes = num_classes(logits)
     lam_c = _per_class(lam, classes, "lam", logits)
     if torch.any(lam_c < 0):

@@ -37,7 +37,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -232,7 +232,7 @@ class Algorithm(nn.Module):
     @classmethod
     def required_hparams(cls) -> tuple[str, ...]:
         """Every hyperparameter the constructor requires."""
-        annealed = ()
+        annealed: tuple[str, ...] = ()
         if cls.anneal_prefix is not None:
             p = cls.anneal_prefix
             annealed = (f"{p}_lambda", f"{p}_lambda_before", f"{p}_anneal_steps")
@@ -306,7 +306,7 @@ class Algorithm(nn.Module):
         weight = float(self.hparams["l2_weight"])
         if weight == 0.0:
             return None
-        return weight * sum(p.square().sum() for p in self.parameters() if p.requires_grad)
+        return cast(torch.Tensor, weight * sum(p.square().sum() for p in self.parameters() if p.requires_grad))
 
     def update(self, batch: Sequence[torch.Tensor]) -> dict[str, float]:
         """One optimisation step on ``batch``; returns the logged values.

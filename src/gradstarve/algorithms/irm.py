@@ -33,6 +33,7 @@ class IRM(Algorithm):
     anneal_prefix = "irm"
 
     def objective(self, batch: Batch) -> Objective:
+        assert batch.group is not None  # needs_groups: the trainer refuses a task without groups
         logits = self.model(batch.x)
         losses = per_example_cross_entropy(logits, batch.y)
         env_risks, counts = group_means(losses, batch.group, self.n_groups)

@@ -27,6 +27,7 @@ class VREx(Algorithm):
     anneal_prefix = "vrex"
 
     def objective(self, batch: Batch) -> Objective:
+        assert batch.group is not None  # needs_groups: the trainer refuses a task without groups
         losses = per_example_cross_entropy(self.model(batch.x), batch.y)
         env_risks, counts = group_means(losses, batch.group, self.n_groups)
         present_risks = env_risks[counts > 0]

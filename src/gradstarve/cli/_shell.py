@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Callable, Iterator
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 import typer
 from rich import box
@@ -109,13 +110,13 @@ def _run_progress(total: int | None = None) -> Iterator[Callable]:
     """One progress display for every stream of sweep events (:class:`gradstarve.experiments.execute.RunEvent`):
     a bar of finished runs (``total`` if known) and one bar per run in training; failures are printed as they come.
     Yields the ``on_event`` handler."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
     ) as bar:
         overall = bar.add_task("[bold]runs", total=total)
-        active: dict[str, int] = {}
+        active: dict[str, TaskID] = {}
 
         def on_event(event) -> None:
             if event.kind == "started" and event.folder_name not in active:
@@ -158,7 +159,7 @@ def _print_frame(
     table = Table(title=title)
     for column in frame.columns:
         header = (headers or {}).get(column, str(column))
-        justify = "left" if column in text_columns else "right"
+        justify: Literal["left", "right"] = "left" if column in text_columns else "right"
         table.add_column(header, justify=justify, no_wrap=column in no_wrap)
     for row in frame.itertuples(index=False):
         table.add_row(*(str(value) for value in row))

@@ -89,15 +89,28 @@ def analyse_run(
         analysis=at_init,
     )
     out = Path(out_dir) if out_dir is not None else run_dir / "analysis"
+    description = (
+        f"{config.algorithm} on {config.dataset}, seed {config.seed}; {len(data)} examples of `{split}`; features "
+        "of the network at initialisation (Def. 1), responses of the trained one (Eq. 8)."
+    )
+    files = write_starvation_report(table, figure, out, f"Starvation diagnosis: {run_dir.name}", description)
+    return RunAnalysis(table, figure, files)
+
+
+def write_starvation_report(
+    table: pd.DataFrame, figure: Figure, out_dir: Path | str, title: str, description: str
+) -> list[Path]:
+    """Write a :func:`~gradstarve.analysis.starvation_report` as ``starvation.md`` (title, description, the
+    verdict, the per-feature table, the per-group table) and ``starvation.png`` into ``out_dir``; return both."""
+    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figure.savefig(out / "starvation.png", dpi=120, bbox_inches="tight")
     shown = table.drop(columns=[c for c in table.columns if c.startswith("z[")]).round(4)
     text = "\n".join(
         [
-            f"# Starvation diagnosis: {run_dir.name}",
+            f"# {title}",
             "",
-            f"{config.algorithm} on {config.dataset}, seed {config.seed}; {len(data)} examples of `{split}`; features "
-            "of the network at initialisation (Def. 1), responses of the trained one (Eq. 8).",
+            description,
             "",
             *[f"- {sentence}" for sentence in table.attrs["verdict"]],
             "",
@@ -110,4 +123,4 @@ def analyse_run(
         ]
     )
     (out / "starvation.md").write_text(text)
-    return RunAnalysis(table, figure, [out / "starvation.md", out / "starvation.png"])
+    return [out / "starvation.md", out / "starvation.png"]

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gradstarve.devices import resolve_device
 from gradstarve.experiments import selection
 from gradstarve.experiments.compare import difference_in_std, paper_number, plus_minus
 from gradstarve.experiments.execute import (
@@ -74,7 +75,6 @@ from gradstarve.experiments.train import (
     nonfinite_metrics,
     read_metrics,
     require_tensorboard,
-    resolve_device,
 )
 from gradstarve.hparams import ALGORITHM_NAMES, default_hparams, distribution_from_spec, random_hparams
 

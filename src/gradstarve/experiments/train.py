@@ -45,7 +45,9 @@ import torch
 from gradstarve import metrics
 from gradstarve.algorithms import build_algorithm
 from gradstarve.algorithms.base import Algorithm
+from gradstarve.analysis import FeatureTracker
 from gradstarve.data.base import LabelledData
+from gradstarve.devices import resolve_device
 
 # The run folder's names, importable from here as before this module was split in two.
 from gradstarve.experiments.runs import (  # noqa: F401
@@ -193,30 +195,6 @@ def _evaluation_input(split: LabelledData, train: LabelledData, train_x: torch.T
     return split.x
 
 
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a checked
-    ``torch.device``: an accelerator that is not there is a clear error, not a failure deep inside torch."""
-    if isinstance(device, torch.device):
-        device = str(device)
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        target = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}") from None
-    if target.type == "cuda" and not torch.cuda.is_available():
-        build = "a CPU-only build"
-        if torch.version.cuda is not None:
-            build = f"built for CUDA {torch.version.cuda}, but no GPU is visible"
-        raise ValueError(
-            f"device {device!r} asked for a GPU, but this torch ({torch.__version__}) is {build}: use --device cpu "
-            "or auto"
-        )
-    if target.type not in ("cpu", "cuda"):
-        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda[:N]', got {device!r}")
-    return target
-
-
 @contextlib.contextmanager
 def _precision(precision: str, device: torch.device) -> Iterator[None]:
     if precision == "bfloat16":
@@ -247,7 +225,9 @@ def train(
         progress: show a progress bar.
         callbacks: called as ``callback(step, algorithm)`` after every update (e.g. a FeatureTracker's hook).
         task: an already loaded task (saves reloading data across runs of a sweep).
-        tensorboard: also log the evaluation scalars to ``run_dir/tensorboard`` (needs the tensorboard package).
+        tensorboard: also log the evaluation scalars, and z(t) of the network's features at initialisation on its
+            first :data:`TENSORBOARD_PROBE` training examples (``z/z1 ..``), to ``run_dir/tensorboard`` (needs the
+            tensorboard package).
         max_steps: stop (without ``done``) after this many steps in this call: for tests of resuming.
         eval_batch_size: examples per forward pass when evaluating (results do not depend on it).
 
@@ -286,6 +266,7 @@ def train(
     algorithm = build_algorithm(config.algorithm, model.to(target), hparams, task.n_groups)
     sampler = BatchSampler(len(task.train), hparams.get("batch_size"), torch.Generator().manual_seed(config.seed + 1))
     steps = total_steps(hparams, len(task.train))
+    tracker = _response_tracker(algorithm.model, task.train, target) if tensorboard else None  # at initialisation
     splits = {
         name: split
         for name, split in task.evaluation.items()
@@ -357,6 +338,9 @@ def train(
             for key, value in row.items():
                 if isinstance(value, int | float) and key not in ("step",):
                     writer.add_scalar(key, value, at_step)
+            z = None if tracker is None else tracker(at_step, algorithm.model)
+            for j, value in enumerate(z if z is not None else ()):
+                writer.add_scalar(f"z/z{j + 1}", float(value), at_step)
         logged.clear()
 
     if step == 0 and not read_metrics(run_dir):
@@ -402,6 +386,19 @@ def train(
         }
         atomic_write(run_dir / "done", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
     return RunResult(run_dir, config, rows, False, time.perf_counter() - start_time, notes)
+
+
+#: TensorBoard's z(t): the responses (Eq. 8) of this many features, on this many training examples (the first ones).
+TENSORBOARD_FEATURES, TENSORBOARD_PROBE = 5, 256
+
+
+def _response_tracker(model: torch.nn.Module, train: LabelledData, target: torch.device) -> FeatureTracker:
+    """A :class:`FeatureTracker` of the network at initialisation on the first training examples (no randomness
+    used: the run's results do not depend on whether it is logged)."""
+    n = min(TENSORBOARD_PROBE, len(train))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # {0, 1} labels of a one-logit model: mapped to {-1, +1}
+        return FeatureTracker(model, train.x[:n].to(target), train.y[:n], k=min(TENSORBOARD_FEATURES, n))
 
 
 def require_tensorboard() -> None:

@@ -207,7 +207,10 @@ def reproduce_all(
         if on_event is not None:
             on_event("started", recipe, None)
         outcome = run_recipe(recipe, out_dir, quick=quick, data_root=data_root, progress=progress)
-        (reproductions if isinstance(outcome, Reproduction) else skipped).append(outcome)
+        if isinstance(outcome, Reproduction):
+            reproductions.append(outcome)
+        else:
+            skipped.append(outcome)
         if on_event is not None:
             on_event("finished", recipe, outcome)
     seconds = time.perf_counter() - start

@@ -1,0 +1,48 @@
+"""``device=`` on the NTK and the analysis: the same numbers where the model is, a clear error where no GPU is."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from gradstarve import FeatureAnalysis, empirical_ntk, top_features
+from gradstarve.devices import on_device
+from gradstarve.ntk import kernel_diagonal, ntrf
+
+
+def _model_and_inputs():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(1, 3, 3), nn.Tanh(), nn.Flatten(), nn.Linear(3 * 4, 1)).double()
+    return model, torch.randn(7, 1, 6, dtype=torch.float64)
+
+
+def test_device_cpu_gives_the_plain_jacobian_gram():
+    model, x = _model_and_inputs()
+    phi = ntrf(model, x)
+    reference = phi @ phi.T  # independent: the explicit tangent features
+    kernel = empirical_ntk(model, x, device="cpu")
+    torch.testing.assert_close(kernel, reference, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(kernel_diagonal(model, x, device="auto"), reference.diagonal(), rtol=1e-10, atol=1e-12)
+    y = torch.tensor([1, -1, 1, 1, -1, -1, 1])
+    features = top_features(model, x, y, 2, device="cpu")
+    analysis = FeatureAnalysis(k=2, device="cpu").fit(model, x, y)
+    torch.testing.assert_close(torch.as_tensor(analysis.strengths_), torch.as_tensor(features.strengths))
+
+
+def test_on_device_leaves_the_callers_model_where_it_is():
+    model, x = _model_and_inputs()
+    same, (moved, absent) = on_device(model, (x, None), "cpu")
+    assert same is model and moved is x and absent is None
+    assert on_device(model, (x,), None) == (model, (x,))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error of a machine without a GPU")
+def test_asking_for_a_missing_gpu_is_a_clear_error():
+    model, x = _model_and_inputs()
+    with pytest.raises(ValueError, match="asked for a GPU"):
+        FeatureAnalysis(k=2, device="cuda")
+    with pytest.raises(ValueError, match="asked for a GPU"):
+        empirical_ntk(model, x, device="cuda:0")
+    with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda"):
+        empirical_ntk(model, x, device="gpu")
