@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -327,3 +328,47 @@ def test_channels_last_is_a_task_option_with_the_same_function(fake_root, tmp_pa
     torch.testing.assert_close(model(x), reference(x), rtol=1e-4, atol=1e-5)
     batch = fast.augment(x, torch.Generator().manual_seed(1))
     assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The feature analysis of Table 2's networks (reproduce celeba-features)
+# --------------------------------------------------------------------------------------------------------------
+def test_celeba_features_part_matches_a_hand_computed_svd_of_the_tangent_features(fake_root, tmp_path):
+    from gradstarve.experiments.analyse import load_run_networks
+    from gradstarve.experiments.reproduce.celeba_features import (
+        FeaturesSetup,
+        response_weighted_alignment,
+        run_features,
+    )
+    from gradstarve.ntk import ntrf
+
+    celeba = tiny_setup(tmp_path / "cache", methods=("erm", "sd"), n_search=0)
+    setup = FeaturesSetup(n=100, k=3, celeba=celeba)  # n above the 10 validation images: all of them
+    reproduction = run_features(tmp_path / "out", setup, data_root=fake_root)
+    features = reproduction.tables["features"]
+    assert list(features["feature"]) == [1, 2, 3]
+
+    # Independent: the SVD of Y Φ₀ from the plain per-example Jacobian of the initial network, float64.
+    task = load_task("celeba", {**celeba.resolved().data_options(), "data_root": fake_root}, seed=0)
+    run_dir = next((tmp_path / "out" / "runs").glob("celeba-erm-*"))
+    _, _, initial, trained = load_run_networks(run_dir, task=task)
+    val = task.evaluation["val"]
+    signs = (2 * val.y - 1).double()
+    phi = ntrf(initial.double(), val.x.double())
+    u, s, _ = torch.linalg.svd(signs[:, None] * phi, full_matrices=False)
+    np.testing.assert_allclose(features["strength_share"], (s[:3] ** 2 / (s[:3] ** 2).sum()).numpy(), rtol=1e-3)
+
+    # The ERM network's response shares: z = U^T (Y ŷ) with the same U (up to sign), shares of the top 3.
+    with torch.no_grad():
+        margins = signs * trained.double()(val.x.double()).reshape(-1)
+    z = u[:, :3].T @ margins
+    np.testing.assert_allclose(features["response_share (ERM)"], (z**2 / (z**2).sum()).numpy(), rtol=1e-3, atol=1e-6)
+
+    weighted = reproduction.tables["response-weighted alignment"].set_index("network")
+    shares, alignment = features["response_share (ERM)"], features["alignment_Male"]
+    assert weighted.loc["ERM", "Male"] == pytest.approx(float((shares * alignment.abs()).sum()))
+    assert response_weighted_alignment(
+        pd.DataFrame({"response_share": [0.5, 0.5], "a": [1.0, -0.2]}), "a"
+    ) == pytest.approx(0.6)
+    assert (tmp_path / "out" / "features.png").exists() and (tmp_path / "out" / "sd" / "starvation.md").exists()
+    assert "SD" in reproduction.notes[0] and "alignment" in reproduction.notes[0]

@@ -1,4 +1,4 @@
-"""The reproduction report (markdown + self-contained HTML), the recipe registry and the adapters of the existing
+"""The reproduction report (markdown + self-contained HTML), the recipe registry and the parts of the existing
 recipes, and `gradstarve reproduce` on a machine without data."""
 
 from __future__ import annotations
@@ -17,7 +17,10 @@ from typer.testing import CliRunner
 from gradstarve.cli import app
 from gradstarve.data.errors import MissingDataError
 from gradstarve.experiments import report, sweep
-from gradstarve.experiments.reproduce import adapters, registry
+from gradstarve.experiments.reproduce import fig6 as fig6_part
+from gradstarve.experiments.reproduce import registry
+from gradstarve.experiments.reproduce import starvation as starvation_part
+from gradstarve.experiments.reproduce import two_moons as two_moons_part
 from gradstarve.experiments.reproduce.base import DataMissingError, Reproduction
 from gradstarve.experiments.reproduce.two_moons import MoonsReproduction
 from sweep_helpers import hand_written_sweep
@@ -73,21 +76,21 @@ def _fake_recipes() -> types.ModuleType:
     module = types.ModuleType("gradstarve.experiments.reproduce.fake_recipes")
     calls = {}
 
-    def good(out, *, quick=False):  # takes no data_root: it is not offered one
-        calls["good"] = (out, quick)
+    def good(out_dir, *, quick=False, data_root=None, progress=None):
+        calls["good"] = (out_dir, quick)
         return Reproduction("good", "a good part", {"t": pd.DataFrame({"x": [1.0]})})
 
-    def no_data(out_dir, *, quick=False, data_root=None):
+    def no_data(out_dir, *, quick=False, data_root=None, progress=None):
         raise DataMissingError(f"MNIST not found under {data_root}: run gradstarve data download mnist")
 
-    def no_files(out_dir):
+    def no_files(out_dir, **options):
         raise MissingDataError("train-images-idx3-ubyte.gz is missing")
 
     def broken(out_dir, **options):
         calls["broken"] = options
         raise RuntimeError("boom")
 
-    def wrong(out_dir):
+    def wrong(out_dir, **options):
         return 42
 
     for function in (good, no_data, no_files, broken, wrong):
@@ -100,16 +103,16 @@ def test_registry_runs_what_is_there_and_says_why_the_rest_is_skipped(tmp_path, 
     module = _fake_recipes()
     monkeypatch.setitem(sys.modules, module.__name__, module)
     fakes = [
-        registry.Recipe(name, name, "fake_recipes", (name.replace("-", "_"),))
+        registry.Recipe(name, name, "fake_recipes", function=name.replace("-", "_"))
         for name in ("good", "no-data", "no-files", "broken", "wrong")
     ]
     recipes = (
         *fakes,
         registry.Recipe("absent", "a recipe not written yet", "no_such_recipe"),
-        registry.Recipe("renamed", "a recipe without the function", "fake_recipes", ("nothing",)),
+        registry.Recipe("renamed", "a recipe without the function", "fake_recipes", function="nothing"),
         registry.get_recipe("starvation"),
     )
-    monkeypatch.setattr(registry, "RECIPES", recipes)
+    monkeypatch.setattr(registry, "RECIPES", {recipe.name: recipe for recipe in recipes})
     events = []
     result = registry.reproduce_all(
         tmp_path, quick=True, data_root=tmp_path / "data", on_event=lambda kind, recipe, _: events.append(kind)
@@ -128,7 +131,7 @@ def test_registry_runs_what_is_there_and_says_why_the_rest_is_skipped(tmp_path, 
     assert str(tmp_path / "data") in reasons["no-data"] and "RuntimeError: boom" in reasons["broken"]
     assert "returned int" in reasons["wrong"] and "no_such_recipe" in reasons["absent"]
     assert module.calls["good"] == (tmp_path / "good", True)
-    assert module.calls["broken"] == {"quick": True, "data_root": tmp_path / "data"}  # **options: all offered
+    assert module.calls["broken"] == {"quick": True, "data_root": tmp_path / "data", "progress": None}  # one protocol
     assert [s.name for s in result.failed] == ["broken", "wrong"]
     assert events == ["started", "finished"] * len(recipes)
     assert result.reproductions[1].seconds > 0 and (tmp_path / "starvation" / "starvation.png").exists()
@@ -138,8 +141,8 @@ def test_registry_runs_what_is_there_and_says_why_the_rest_is_skipped(tmp_path, 
         registry.reproduce_all(tmp_path, only=["fig7"])
 
 
-def test_adapters_turn_the_existing_recipes_into_reproductions(tmp_path):
-    fig6 = adapters.fig6(tmp_path / "fig6")
+def test_the_theory_and_two_moons_parts_are_reproductions(tmp_path):
+    fig6 = fig6_part.reproduce(tmp_path / "fig6")
     table = fig6.tables["final responses against the exact fixed point"]
     assert len(table) == 10 and (table["max |z - z*| primal"] < 1e-6).all()
     wd = table[table["penalty"] == "weight decay"]["z2* (exact)"].to_numpy()
@@ -147,7 +150,7 @@ def test_adapters_turn_the_existing_recipes_into_reproductions(tmp_path):
     assert [p.name for p in fig6.figures] == ["fig6.png"]
     assert fig6.evidence.startswith("checks hold")  # the paths end at the fixed point; the approximation is apart
 
-    theorem = adapters.starvation(tmp_path / "starvation")
+    theorem = starvation_part.reproduce(tmp_path / "starvation")
     assert any(note.endswith(": holds") for note in theorem.notes)
     assert theorem.evidence.startswith("checks hold")
     curve = theorem.tables["fixed-point responses along s1"]
@@ -157,7 +160,9 @@ def test_adapters_turn_the_existing_recipes_into_reproductions(tmp_path):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # this tiny problem runs fastest on one thread, whatever else the machine is doing
     try:
-        moons = adapters.two_moons(tmp_path / "moons", config=MoonsReproduction(seeds=(0,), figures=(2,), quick=True))
+        moons = two_moons_part.reproduce(
+            tmp_path / "moons", config=MoonsReproduction(seeds=(0,), figures=(2,), quick=True)
+        )
     finally:
         torch.set_num_threads(threads)
     frame = moons.tables["margins and feature responses per setting"]

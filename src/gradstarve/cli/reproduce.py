@@ -210,6 +210,39 @@ def reproduce_celeba(
     _print_files([path for path in reproduction.files if path.suffix in (".md", ".png", ".csv")], reproduction.seconds)
 
 
+@reproduce_app.command("celeba-features")
+def reproduce_celeba_features(
+    data_root: Path = typer.Option(
+        None, "--data-root", help="The CelebA folder, or a data root holding celeba/ (e.g. ../shared/data)."
+    ),
+    quick: bool = typer.Option(False, "--quick", help="Table 2's quick networks (2,000 images, 2 epochs), 256 images."),
+    n: int = typer.Option(None, "--n", min=2, help="Validation images analysed (default 2,000; 256 with --quick)."),
+    k: int = typer.Option(10, "--k", min=1, help="Features (Def. 1) reported."),
+    resolution: int = typer.Option(32, "--resolution", min=8, help="Image side of the Table 2 runs analysed."),
+    epochs: int = typer.Option(6, "--epochs", min=1, help="Epochs of the Table 2 runs analysed."),
+    runs: Path = typer.Option(
+        None, "--runs", help="Folder of run folders: Table 2's, to analyse its runs (default: OUT/runs)."
+    ),
+    out: Path = typer.Option(Path("outputs/celeba-features"), "--out", help="Folder for features.md and the figures."),
+    device: str = typer.Option("auto", "--device", help="cpu, cuda or auto (cuda when available)."),
+) -> None:
+    """Def. 1 / Eq. 8 on CelebA's ResNet: the features of the network at initialisation, and how much of the ERM
+    and the SD network's response each carries, aligned with the label, gender and four other attributes."""
+    from gradstarve.experiments.reproduce.base import DataMissingError
+    from gradstarve.experiments.reproduce.celeba_features import FeaturesSetup, run_features
+
+    setup = FeaturesSetup(quick=quick, n=n, k=k, resolution=resolution, epochs=epochs)
+    try:
+        reproduction = run_features(out, setup, data_root=data_root, runs_dir=runs, device=device, progress=True)
+    except (DataMissingError, ValueError, RuntimeError) as error:
+        console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+        raise typer.Exit(1) from None
+    _print_frame(reproduction.tables["response-weighted alignment"].round(3), reproduction.title)
+    for note in reproduction.notes:
+        console.print(f"- {note}", soft_wrap=True)
+    _print_files([path for path in reproduction.files if path.suffix in (".md", ".png", ".csv")], reproduction.seconds)
+
+
 @reproduce_app.command("colored-mnist")
 def reproduce_colored_mnist(
     seeds: int = typer.Option(None, min=1, help="Number of seeds, 0..N-1 (default 10, or 2 with --quick)."),
@@ -302,7 +335,8 @@ def reproduce_everything(
     data_root: Path = typer.Option(None, "--data-root", help=_DATA_ROOT_HELP),
     out: Path = typer.Option(Path("outputs/reproduce"), "--out", help="Folder for every part and the report."),
     only: str = typer.Option(
-        None, help="Comma-separated subset: fig6, starvation, legendre, two-moons, colored-mnist, celeba."
+        None,
+        help="Comma-separated subset: fig6, starvation, legendre, two-moons, colored-mnist, celeba, celeba-features.",
     ),
 ) -> None:
     """Without a sub-command: run every reproduction (theory Fig. 6, Thm. 2, Fig. 5 + Table 4, two moons, Colored MNIST

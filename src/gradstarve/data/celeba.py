@@ -482,6 +482,18 @@ def load_celeba(
     return result
 
 
+def split_attributes(
+    root: Path | str, split: str, names: Sequence[str], *, layout: str = "auto", missing_images: str | None = None
+) -> dict[str, np.ndarray]:
+    """``{name: (n,) int64 0/1}``: the attributes ``names`` of the images of ``split``, in the order
+    :func:`load_celeba` returns that split (for aligning features with attributes beyond the task's two)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    index = index_celeba(root, layout=layout, missing_images=missing_images)
+    rows = np.flatnonzero(index.split == SPLITS.index(split))
+    return {name: index.attribute(name)[rows] for name in names}
+
+
 def to_unit_float(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``uint8`` pixels 0..255 -> ``dtype`` in ``[0, 1]``; floating input is returned unchanged (cast to ``dtype``)."""
     if x.dtype == torch.uint8:

@@ -17,12 +17,13 @@ from typing import Any
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
+from torch import nn
 
 from gradstarve.analysis import FeatureAnalysis, starvation_report
 from gradstarve.experiments.execute import config_from_dict
-from gradstarve.experiments.runs import DamagedRunError, load_checkpoint
+from gradstarve.experiments.runs import DamagedRunError, RunConfig, load_checkpoint
 from gradstarve.experiments.tables import markdown_table
-from gradstarve.experiments.tasks import load_task
+from gradstarve.experiments.tasks import Task, load_task
 
 
 @dataclass
@@ -32,6 +33,40 @@ class RunAnalysis:
     table: pd.DataFrame
     figure: Figure
     files: list[Path]
+
+
+def load_run_networks(
+    run_dir: Path | str, *, task: Task | None = None, data_root: Path | str | None = None
+) -> tuple[RunConfig, Task, nn.Module, nn.Module]:
+    """``(config, task, initial, trained)`` of the run in ``run_dir``, both networks in eval mode.
+
+    ``initial`` is rebuilt from the configuration with the run's seed (the exact network training started from);
+    ``trained`` holds the checkpoint's weights (``weights_only``, checksummed). ``task``: the run's task already
+    loaded (else it is loaded from the configuration, with ``data_root``). Raises ``ValueError`` naming the file
+    when the folder has no readable config or checkpoint.
+    """
+    run_dir = Path(run_dir)
+    config_path, checkpoint = run_dir / "config.json", run_dir / "checkpoint.pt"
+    if not config_path.is_file():
+        raise ValueError(f"{run_dir} is not a run folder: {config_path} is missing")
+    if not checkpoint.is_file():
+        raise ValueError(f"{run_dir} has no checkpoint.pt with trained weights (finished runs copied without it)")
+    try:
+        config = config_from_dict(json.loads(config_path.read_text()))
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{config_path} cannot be read as a run configuration ({error})") from None
+    if task is None:
+        options = {**config.data, **({"data_root": str(data_root)} if data_root is not None else {})}
+        task = load_task(config.dataset, options, config.seed)
+    initial = task.build_model(config.hparams, torch.Generator().manual_seed(config.seed))
+    trained = task.build_model(config.hparams, torch.Generator().manual_seed(config.seed))
+    state = load_checkpoint(checkpoint)
+    weights = {key[len("model.") :]: value for key, value in state["algorithm"].items() if key.startswith("model.")}
+    try:
+        trained.load_state_dict(weights)
+    except RuntimeError as error:
+        raise DamagedRunError(f"{checkpoint} does not hold this run's model ({error})") from None
+    return config, task, initial.eval(), trained.eval()
 
 
 def analyse_run(
@@ -50,33 +85,13 @@ def analyse_run(
     ``run_dir/analysis``). Raises ``ValueError`` naming the file when the folder has no readable config or checkpoint.
     """
     run_dir = Path(run_dir)
-    config_path, checkpoint = run_dir / "config.json", run_dir / "checkpoint.pt"
-    if not config_path.is_file():
-        raise ValueError(f"{run_dir} is not a run folder: {config_path} is missing")
-    if not checkpoint.is_file():
-        raise ValueError(f"{run_dir} has no checkpoint.pt with trained weights (finished runs copied without it)")
-    try:
-        config = config_from_dict(json.loads(config_path.read_text()))
-    except (ValueError, TypeError, KeyError) as error:
-        raise ValueError(f"{config_path} cannot be read as a run configuration ({error})") from None
-    options = {**config.data, **({"data_root": str(data_root)} if data_root is not None else {})}
-    task = load_task(config.dataset, options, config.seed)
+    config, task, initial, trained = load_run_networks(run_dir, data_root=data_root)
     if split not in task.evaluation:
         raise ValueError(f"split must be one of {sorted(task.evaluation)}, got {split!r}")
     data = task.evaluation[split]
     if len(data) > n:
         index = torch.randperm(len(data), generator=torch.Generator().manual_seed(config.seed))[:n].sort().values
         data = data.subset(index)
-    initial = task.build_model(config.hparams, torch.Generator().manual_seed(config.seed))
-    trained = task.build_model(config.hparams, torch.Generator().manual_seed(config.seed))
-    state = load_checkpoint(checkpoint)
-    weights = {key[len("model.") :]: value for key, value in state["algorithm"].items() if key.startswith("model.")}
-    try:
-        trained.load_state_dict(weights)
-    except RuntimeError as error:
-        raise DamagedRunError(f"{checkpoint} does not hold this run's model ({error})") from None
-    initial.eval()
-    trained.eval()
     x = data.x.double()
     at_init = FeatureAnalysis(k=min(k, len(data))).fit(initial.double(), x, data.y)
     table, figure = starvation_report(

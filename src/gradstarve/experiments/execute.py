@@ -1,7 +1,7 @@
 """Executing one run of a sweep, as every backend does: the run folder's lock, :func:`run_one`, and the events
 backends send. A leaf module: the launcher (:mod:`gradstarve.experiments.sweep`) and its backends
-(:mod:`~gradstarve.experiments.sweep_local`, :mod:`~gradstarve.experiments.sweep_ray`) import it; it imports none of
-them, so there is no import cycle.
+(:mod:`~gradstarve.experiments.sweep.backends.local`, :mod:`~gradstarve.experiments.sweep.backends.ray`) import
+it; it imports none of them, so there is no import cycle.
 """
 
 from __future__ import annotations

@@ -247,42 +247,18 @@ def train(
         if task is not None:  # the caller's data: a finished run of other data is not this run
             check_data_fingerprint(run_dir, data_fingerprint(task), record=False)
         return RunResult(run_dir, config, read_metrics(run_dir), True, 0.0)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    identity = json.dumps(config.identity(), sort_keys=True, indent=2, default=json_default)
-    atomic_write(run_dir / "config.json", lambda p: p.write_text(identity + "\n"))
-
-    if task is None:
-        options = dict(config.data)
-        if data_root is not None:
-            options["data_root"] = data_root
-        task = load_task(config.dataset, options, config.seed)
-    check_data_fingerprint(run_dir, data_fingerprint(task))
+    task = _open_run_folder(run_dir, config, task, data_root)
     target = resolve_device(device)
-    generator = torch.Generator().manual_seed(config.seed)
-    model = task.build_model(config.hparams, torch.Generator().manual_seed(config.seed))
     hparams = dict(config.hparams)
     if "seed" in hparams:  # methods with their own randomness (LfF's second network) follow the run's seed
         hparams["seed"] = config.seed
-    algorithm = build_algorithm(config.algorithm, model.to(target), hparams, task.n_groups)
-    sampler = BatchSampler(len(task.train), hparams.get("batch_size"), torch.Generator().manual_seed(config.seed + 1))
+    algorithm, sampler, generator = _fresh_state(config, task, hparams, target)
     steps = total_steps(hparams, len(task.train))
     tracker = _response_tracker(algorithm.model, task.train, target) if tensorboard else None  # at initialisation
-    splits = {
-        name: split
-        for name, split in task.evaluation.items()
-        if config.eval_splits is None or name in config.eval_splits
-    }
+    splits = {n: split for n, split in task.evaluation.items() if config.eval_splits is None or n in config.eval_splits}
 
-    step = 0
-    checkpoint_path = run_dir / "checkpoint.pt"
-    notes: list[str] = []
-    switch = algorithm.penalty_switch_step()
-    if switch is not None and switch >= steps:
-        notes.append(
-            f"{config.algorithm}: its penalty switches on at step {switch} but the run ends at step {steps}, so it "
-            "trained the plain loss throughout (ERM in all but name); a comparison with the paper does not apply"
-        )
-        warnings.warn(notes[-1], ScheduleNeverSwitchesWarning, stacklevel=2)
+    step, checkpoint_path = 0, run_dir / "checkpoint.pt"
+    notes = _schedule_notes(config.algorithm, algorithm.penalty_switch_step(), steps)
     if checkpoint_path.exists():
         try:
             state = load_checkpoint(checkpoint_path, map_location=target)
@@ -290,25 +266,14 @@ def train(
             algorithm.load_state_dict(state["algorithm"])
             sampler.load_state_dict(state["sampler"])
             generator.set_state(state["generator"])
-            step = int(state["step"])
+            step = int(state["step"])  # only once everything loaded: a damaged checkpoint restarts from 0
         except DamagedRunError as error:
             notes.append(set_aside_and_restart(run_dir, str(error)))
-            algorithm = build_algorithm(
-                config.algorithm,
-                task.build_model(config.hparams, torch.Generator().manual_seed(config.seed)).to(target),
-                hparams,
-                task.n_groups,
-            )
-            sampler = BatchSampler(
-                len(task.train), hparams.get("batch_size"), torch.Generator().manual_seed(config.seed + 1)
-            )
-            generator = torch.Generator().manual_seed(config.seed)
-    elif (run_dir / "metrics.jsonl").exists():
-        (run_dir / "metrics.jsonl").unlink()  # a run killed before its first checkpoint starts over
+            algorithm, sampler, generator = _fresh_state(config, task, hparams, target)
+    else:  # a run killed before its first checkpoint starts over
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)
 
-    writer = None
-    if tensorboard:
-        writer = _tensorboard_writer(run_dir / "tensorboard")
+    writer = _tensorboard_writer(run_dir / "tensorboard") if tensorboard else None
 
     train_x = task.train.x.to(target)
     train_y, train_group = task.train.y.to(target), task.train.group.to(target)
@@ -321,26 +286,11 @@ def train(
         row.update({f"train/{k}": float(np.mean(v)) for k, v in logged.items()})
         for name, split in splits.items():
             logits = predict(algorithm, eval_inputs[name], batch_size=eval_batch_size, device=target)
-            result = evaluate_split(logits, split)
-            row.update({f"{name}/{k}": v for k, v in result.items()})
-        with (run_dir / "metrics.jsonl").open("a") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        state = {
-            "algorithm": algorithm.state_dict(),
-            "sampler": sampler.state_dict(),
-            "generator": generator.get_state(),
-            "step": at_step,
-        }
-        save_checkpoint(checkpoint_path, state)
+            row.update({f"{name}/{k}": v for k, v in evaluate_split(logits, split).items()})
+        _append_row(run_dir / "metrics.jsonl", row)
+        save_checkpoint(checkpoint_path, _checkpoint_state(algorithm, sampler, generator, at_step))
         if writer is not None:
-            for key, value in row.items():
-                if isinstance(value, int | float) and key not in ("step",):
-                    writer.add_scalar(key, value, at_step)
-            z = None if tracker is None else tracker(at_step, algorithm.model)
-            for j, value in enumerate(z if z is not None else ()):
-                writer.add_scalar(f"z/z{j + 1}", float(value), at_step)
+            _log_scalars(writer, row, None if tracker is None else tracker(at_step, algorithm.model))
         logged.clear()
 
     if step == 0 and not read_metrics(run_dir):
@@ -350,12 +300,7 @@ def train(
     try:
         while step < limit:
             algorithm.before_step(step, steps_per_epoch=sampler.steps_per_epoch, train_x=train_x, train_y=train_y)
-            index = sampler.next()
-            if index is None:
-                batch = (train_x, train_y, train_group, train_index)
-            else:
-                index = index.to(target)
-                batch = (train_x[index], train_y[index], train_group[index], index)
+            batch = _batch(sampler.next(), (train_x, train_y, train_group, train_index), target)
             if task.augment is not None:
                 batch = (task.augment(batch[0], generator), *batch[1:])
             with _precision(config.precision, target):
@@ -377,15 +322,97 @@ def train(
             writer.close()
     rows = read_metrics(run_dir)
     if step == steps:
-        summary = {
-            "steps": steps,
-            "seconds": time.perf_counter() - start_time,
-            "final": rows[-1] if rows else {},
-            "metrics_sha256": file_sha256(run_dir / "metrics.jsonl"),
-            "notes": notes,
-        }
-        atomic_write(run_dir / "done", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
+        _write_done(run_dir, steps, time.perf_counter() - start_time, rows, notes)
     return RunResult(run_dir, config, rows, False, time.perf_counter() - start_time, notes)
+
+
+def _schedule_notes(algorithm: str, switch: int | None, steps: int) -> list[str]:
+    """A note (and a warning) when the method's penalty would switch on only after the run's last step."""
+    if switch is None or switch < steps:
+        return []
+    note = (
+        f"{algorithm}: its penalty switches on at step {switch} but the run ends at step {steps}, so it trained the "
+        "plain loss throughout (ERM in all but name); a comparison with the paper does not apply"
+    )
+    warnings.warn(note, ScheduleNeverSwitchesWarning, stacklevel=3)
+    return [note]
+
+
+def _checkpoint_state(
+    algorithm: Algorithm, sampler: BatchSampler, generator: torch.Generator, step: int
+) -> dict[str, Any]:
+    return {
+        "algorithm": algorithm.state_dict(),
+        "sampler": sampler.state_dict(),
+        "generator": generator.get_state(),
+        "step": step,
+    }
+
+
+def _batch(
+    index: torch.Tensor | None, full: tuple[torch.Tensor, ...], target: torch.device
+) -> tuple[torch.Tensor, ...]:
+    """``(x, y, group, index)`` of the sampled examples (the whole training set for a full-batch step)."""
+    if index is None:
+        return full
+    index = index.to(target)
+    return (*(tensor[index] for tensor in full[:3]), index)
+
+
+def _open_run_folder(run_dir: Path, config: RunConfig, task: Task | None, data_root: Path | str | None) -> Task:
+    """Create the run folder with its ``config.json``, load the task unless given, and record (or check) the data
+    fingerprint: a folder trained on other data is refused."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    identity = json.dumps(config.identity(), sort_keys=True, indent=2, default=json_default)
+    atomic_write(run_dir / "config.json", lambda p: p.write_text(identity + "\n"))
+    if task is None:
+        options = dict(config.data)
+        if data_root is not None:
+            options["data_root"] = data_root
+        task = load_task(config.dataset, options, config.seed)
+    check_data_fingerprint(run_dir, data_fingerprint(task))
+    return task
+
+
+def _fresh_state(
+    config: RunConfig, task: Task, hparams: dict[str, Any], target: torch.device
+) -> tuple[Algorithm, BatchSampler, torch.Generator]:
+    """The run at step 0: its network (initialised from the run's seed) in its algorithm, the batch sampler
+    (seed + 1) and the generator of augmentation and other in-loop randomness (seed)."""
+    model = task.build_model(config.hparams, torch.Generator().manual_seed(config.seed))
+    algorithm = build_algorithm(config.algorithm, model.to(target), hparams, task.n_groups)
+    sampler = BatchSampler(len(task.train), hparams.get("batch_size"), torch.Generator().manual_seed(config.seed + 1))
+    return algorithm, sampler, torch.Generator().manual_seed(config.seed)
+
+
+def _append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append one evaluation row to ``metrics.jsonl``, on disk before the checkpoint that follows it."""
+    with path.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _log_scalars(writer: Any, row: dict[str, Any], z: np.ndarray | None) -> None:
+    """An evaluation row's numbers, and z(t) when tracked, to TensorBoard at the row's step."""
+    at_step = row["step"]
+    for key, value in row.items():
+        if isinstance(value, int | float) and key != "step":
+            writer.add_scalar(key, value, at_step)
+    for j, value in enumerate(z if z is not None else ()):
+        writer.add_scalar(f"z/z{j + 1}", float(value), at_step)
+
+
+def _write_done(run_dir: Path, steps: int, seconds: float, rows: list[dict[str, Any]], notes: list[str]) -> None:
+    """The ``done`` marker: the run finished, with the checksum of the metrics it finished with."""
+    summary = {
+        "steps": steps,
+        "seconds": seconds,
+        "final": rows[-1] if rows else {},
+        "metrics_sha256": file_sha256(run_dir / "metrics.jsonl"),
+        "notes": notes,
+    }
+    atomic_write(run_dir / "done", lambda p: p.write_text(json.dumps(summary, indent=2) + "\n"))
 
 
 #: TensorBoard's z(t): the responses (Eq. 8) of this many features, on this many training examples (the first ones).

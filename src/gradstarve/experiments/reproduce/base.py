@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,3 +69,12 @@ def evidence(
     if checks is not None:
         return f"checks hold{about}" if checks else f"checks FAIL{about}"
     return "ran; no paper number to compare with"
+
+
+#: The progress callback a recipe may take: ``progress(name, done, total)``.
+Progress = Callable[[str, int, int], None]
+
+
+def pngs(files: Iterable[Path | str]) -> list[Path]:
+    """The PNG files among ``files`` (a reproduction's figures; a PDF is written beside each)."""
+    return [Path(path) for path in files if Path(path).suffix == ".png"]

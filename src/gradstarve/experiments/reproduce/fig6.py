@@ -17,15 +17,18 @@ coupling pulls it back); the axes are limited to the primal paths, as in the pap
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from gradstarve import theory
 from gradstarve.experiments.reproduce._output import save_figure, save_table
+from gradstarve.experiments.reproduce.base import Progress, Reproduction, evidence, pngs
 
 PATHS = ("primal", "dual", "ode", "approx")
 PATH_LABELS = {
@@ -170,3 +173,54 @@ def write_fig6(out_dir: Path, setup: Fig6Setup | None = None) -> Fig6Result:
     result = run_fig6(setup)
     files = save_figure(plot_fig6(result), Path(out_dir), "fig6") + save_table(result.rows, Path(out_dir), "fig6")
     return Fig6Result(result.setup, result.simulations, result.rows, files)
+
+
+def reproduce(
+    out_dir: Path, *, quick: bool = False, data_root: Path | None = None, progress: Progress | None = None
+) -> Reproduction:
+    """Fig. 6 (App. C) with the default :class:`~gradstarve.experiments.reproduce.fig6.Fig6Setup` (a few seconds;
+    ``quick`` changes nothing)."""
+
+    start = time.perf_counter()
+    result = write_fig6(Path(out_dir))
+    table = []
+    for (penalty, s1), _ in result.simulations.items():
+        rows = [row for row in result.rows if row["penalty"] == penalty and row["s1"] == s1]
+        entry = {
+            "penalty": penalty.replace("_", " "),
+            "s1": s1,
+            "z1* (exact)": rows[0]["z1_exact"],
+            "z2* (exact)": rows[0]["z2_exact"],
+        }
+        entry.update({f"max |z - z*| {row['path']}": row["max_abs_diff"] for row in rows})
+        table.append(entry)
+    frame = pd.DataFrame(table)
+    wd = frame[frame["penalty"] == "weight decay"]
+    sd = frame[frame["penalty"] == "spectral decoupling"]
+    notes = [
+        "The paper prints no numbers for Fig. 6; the table checks each path's end point against the exact fixed "
+        "point of the dual flow (Eq. 17 / 27).",
+        f"Weight decay: z2* falls from {wd['z2* (exact)'].iloc[0]:.4f} (s1 = {wd['s1'].iloc[0]:g}) to "
+        f"{wd['z2* (exact)'].iloc[-1]:.4f} (s1 = {wd['s1'].iloc[-1]:g}): gradient starvation (Thm. 2). "
+        f"Spectral decoupling: z2* stays within {np.ptp(sd['z2* (exact)']):.1e} of {sd['z2* (exact)'].mean():.4f}.",
+    ]
+    # The simulated paths (primal descent, dual ascent, dual ODE) must end at the exact fixed point; the paper's
+    # approximation ("approx": closed form or Lemma 1) is reported beside them, not held to it.
+    distances = [
+        value
+        for column, values in frame.items()
+        if str(column).startswith("max |z - z*|") and "approx" not in str(column)
+        for value in values
+    ]
+    return Reproduction(
+        "fig6",
+        "Fig. 6: primal and dual dynamics of two coupled features, weight decay vs Spectral Decoupling",
+        tables={"final responses against the exact fixed point": frame},
+        figures=pngs(result.files),
+        notes=notes,
+        evidence=evidence(
+            checks=bool(np.nanmax(distances) < 1e-6), what="primal, dual and ODE paths end at the exact fixed point"
+        ),
+        seconds=time.perf_counter() - start,
+        files=list(result.files),
+    )

@@ -29,7 +29,7 @@ from scipy import optimize
 
 from gradstarve import theory
 from gradstarve.experiments.reproduce._output import save_figure, save_table
-from gradstarve.experiments.reproduce.base import Reproduction, evidence
+from gradstarve.experiments.reproduce.base import Progress, Reproduction, evidence
 
 #: The variational parameters of Fig. 5's tangent lines.
 FIG5_ALPHAS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -159,7 +159,9 @@ def plot_fig5(alphas: tuple[float, ...] = FIG5_ALPHAS) -> Figure:
     return figure
 
 
-def reproduce(out_dir: Path, *, quick: bool = False) -> Reproduction:
+def reproduce(
+    out_dir: Path, *, quick: bool = False, data_root: Path | None = None, progress: Progress | None = None
+) -> Reproduction:
     """Fig. 5 and Table 4 into ``out_dir`` (``quick`` changes nothing: it takes about a second)."""
     start = time.perf_counter()
     out_dir = Path(out_dir)

@@ -1,29 +1,21 @@
 """Every reproduction of the paper by name, and running them all into one report (``gradstarve reproduce``).
 
-A recipe is a function ``recipe(out_dir: Path, *, quick: bool = False, data_root: Path | None = None,
-progress=None) -> Reproduction`` in a module of :mod:`gradstarve.experiments.reproduce`; it writes its files under
-``out_dir`` and raises :class:`~gradstarve.experiments.reproduce.base.DataMissingError` (clear message) when its
-data is absent. Recipes are imported lazily, by module path, so a recipe whose module is not there yet (or fails to
-import) is reported as "not available" rather than breaking the others. :func:`call_recipe` passes only the
-keyword arguments the function accepts (``out_dir`` / ``out`` / ``output_dir``, ``quick``, ``data_root``), so a
-recipe need not take all of them.
+One protocol: a recipe is the function ``reproduce(out_dir: Path, *, quick: bool = False, data_root: Path | None
+= None, progress: Progress | None = None) -> Reproduction`` of a module of :mod:`gradstarve.experiments.reproduce`;
+it writes its files under ``out_dir`` and raises :class:`~gradstarve.experiments.reproduce.base.DataMissingError`
+(clear message) when its data is absent; ``progress(name, done, total)`` is offered to every recipe (those without
+long loops ignore it). Recipes are imported lazily, by module path, so a recipe whose module is not there yet (or
+fails to import) is reported as "not available" rather than breaking the others.
 
-=================  ========================================================  ========================================
-name               reproduces                                                 module:function
-=================  ========================================================  ========================================
-``fig6``           Fig. 6 (App. C), theory                                    ``adapters:fig6``
-``starvation``     Thm. 2 as a curve, theory                                  ``adapters:starvation``
-``legendre``       Fig. 5 and Table 4 (App. B.1), theory                      ``legendre:reproduce``
-``two-moons``      Fig. 2-3                                                   ``adapters:two_moons``
-``colored-mnist``  Table 1 and Fig. 4 (needs MNIST)                           ``colored_mnist:reproduce``
-``celeba``         Table 2 (needs CelebA)                                     ``celeba:reproduce``
-=================  ========================================================  ========================================
+The parts, in :data:`RECIPES`: ``fig6`` (Fig. 6, App. C), ``starvation`` (Thm. 2 as a curve), ``legendre``
+(Fig. 5 and Table 4, App. B.1), ``two-moons`` (Fig. 2-3), ``colored-mnist`` (Table 1 and Fig. 4; needs MNIST),
+``celeba`` (Table 2; needs CelebA) and ``celeba-features`` (Def. 1 / Eq. 8 on Table 2's ResNet; needs CelebA), each
+the ``reproduce`` function of the module of the same name.
 """
 
 from __future__ import annotations
 
 import importlib
-import inspect
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -39,41 +31,37 @@ _PACKAGE = "gradstarve.experiments.reproduce"
 
 @dataclass(frozen=True)
 class Recipe:
-    """A reproduction: ``name`` (its sub-folder of the output), what it reproduces, where its function lives
-    (``module`` relative to :mod:`gradstarve.experiments.reproduce`, ``functions`` tried in order) and which data
-    it needs (``None``: none). ``progress``: whether the function takes this registry's ``progress(name, done,
-    total)`` callback (other recipes are not offered one, whatever their own ``progress`` means)."""
+    """A reproduction: ``name`` (its sub-folder of the output), what it reproduces, the module of
+    :mod:`gradstarve.experiments.reproduce` whose ``function`` (the one protocol: ``reproduce(out_dir, *, quick,
+    data_root, progress) -> Reproduction``) runs it, and which data it needs (``None``: none)."""
 
     name: str
     title: str
     module: str
-    functions: tuple[str, ...] = ("reproduce",)
     data: str | None = None
-    progress: bool = False
+    function: str = "reproduce"
 
 
-RECIPES: tuple[Recipe, ...] = (
-    Recipe("fig6", "Fig. 6: primal vs dual dynamics, weight decay vs Spectral Decoupling", "adapters", ("fig6",)),
-    Recipe("starvation", "Thm. 2: gradient starvation as a curve", "adapters", ("starvation",)),
-    Recipe("legendre", "Fig. 5 and Table 4: Legendre duals of margin losses", "legendre"),
-    Recipe("two-moons", "Fig. 2-3: two moons", "adapters", ("two_moons",), progress=True),
-    Recipe(
-        "colored-mnist",
-        "Table 1 and Fig. 4: Colored MNIST",
-        "colored_mnist",
-        ("reproduce", "reproduce_colored_mnist"),
-        "MNIST",
-    ),
-    Recipe("celeba", "Table 2: CelebA", "celeba", ("reproduce", "reproduce_celeba"), "CelebA"),
-)
-RECIPE_NAMES: tuple[str, ...] = tuple(recipe.name for recipe in RECIPES)
+#: Every reproduction, by name, in the report's order.
+RECIPES: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("fig6", "Fig. 6: primal vs dual dynamics, weight decay vs Spectral Decoupling", "fig6"),
+        Recipe("starvation", "Thm. 2: gradient starvation as a curve", "starvation"),
+        Recipe("legendre", "Fig. 5 and Table 4: Legendre duals of margin losses", "legendre"),
+        Recipe("two-moons", "Fig. 2-3: two moons", "two_moons"),
+        Recipe("colored-mnist", "Table 1 and Fig. 4: Colored MNIST", "colored_mnist", "MNIST"),
+        Recipe("celeba", "Table 2: CelebA", "celeba", "CelebA"),
+        Recipe("celeba-features", "Def. 1 / Eq. 8 on CelebA's ResNet: ERM vs SD", "celeba_features", "CelebA"),
+    )
+}
+RECIPE_NAMES: tuple[str, ...] = tuple(RECIPES)
 
 
 def get_recipe(name: str) -> Recipe:
-    for recipe in RECIPES:
-        if recipe.name == name:
-            return recipe
-    raise ValueError(f"unknown reproduction {name!r}; known: {', '.join(RECIPE_NAMES)}")
+    if name not in RECIPES:
+        raise ValueError(f"unknown reproduction {name!r}; known: {', '.join(RECIPE_NAMES)}")
+    return RECIPES[name]
 
 
 class RecipeUnavailableError(Exception):
@@ -87,36 +75,10 @@ def load_recipe(recipe: Recipe) -> Callable[..., Any]:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise RecipeUnavailableError(f"{module_name} cannot be imported ({error})") from None
-    for name in recipe.functions:
-        function = getattr(module, name, None)
-        if callable(function):
-            return function
-    raise RecipeUnavailableError(f"{module_name} has none of the functions {', '.join(recipe.functions)}")
-
-
-_OUT_NAMES = ("out_dir", "out", "output_dir", "folder")
-
-
-def call_recipe(
-    function: Callable[..., Any],
-    out_dir: Path,
-    *,
-    quick: bool,
-    data_root: Path | None,
-    progress: Callable[..., None] | None = None,
-) -> Any:
-    """Call ``function`` with the arguments it accepts (see the module docstring)."""
-    parameters = inspect.signature(function).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-    offered = {"quick": quick, "data_root": data_root, "progress": progress}
-    kwargs = {name: value for name, value in offered.items() if name in parameters or takes_any}
-    if progress is None:
-        kwargs.pop("progress", None)
-    out_name = next((name for name in _OUT_NAMES if name in parameters), None)
-    if out_name is not None:
-        kwargs[out_name] = out_dir
-        return function(**kwargs)
-    return function(out_dir, **kwargs)  # the first positional parameter, whatever its name
+    function = getattr(module, recipe.function, None)
+    if not callable(function):
+        raise RecipeUnavailableError(f"{module_name} has no function {recipe.function}")
+    return function
 
 
 def _is_data_missing(error: BaseException) -> bool:
@@ -140,13 +102,7 @@ def run_recipe(
     except RecipeUnavailableError as error:
         return Skipped(recipe.name, recipe.title, "not available", f"Not in this version of gradstarve: {error}.")
     try:
-        result = call_recipe(
-            function,
-            Path(out_dir) / recipe.name,
-            quick=quick,
-            data_root=data_root,
-            progress=progress if recipe.progress else None,
-        )
+        result = function(Path(out_dir) / recipe.name, quick=quick, data_root=data_root, progress=progress)
     except Exception as error:
         seconds = time.perf_counter() - start
         if _is_data_missing(error):
@@ -195,9 +151,8 @@ def reproduce_all(
     ``on_event("started" | "finished", recipe, outcome)`` reports each recipe as it starts and ends. A recipe that
     fails does not stop the others; it is listed in the report as failed.
     """
-    recipes = list(RECIPES) if only is None else [get_recipe(name) for name in only]
-    if only is not None:
-        recipes = [recipe for recipe in RECIPES if recipe in recipes]
+    wanted = set(RECIPES) if only is None else {get_recipe(name).name for name in only}
+    recipes = [recipe for name, recipe in RECIPES.items() if name in wanted]
     out_dir = Path(out_dir)
     data_root = None if data_root is None else Path(data_root)
     start = time.perf_counter()

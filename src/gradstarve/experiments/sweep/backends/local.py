@@ -141,7 +141,7 @@ def _worker_main(
 
 #: Imported once by the forkserver, so that forked workers start with them: gradstarve's training stack, and
 #: torch._dynamo, which torch imports at the first optimiser (seconds).
-FORKSERVER_PRELOAD = ["gradstarve.experiments.sweep_local", "torch._dynamo"]
+FORKSERVER_PRELOAD = ["gradstarve.experiments.sweep.backends.local", "torch._dynamo"]
 
 
 def _context() -> Any:
