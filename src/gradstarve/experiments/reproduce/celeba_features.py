@@ -116,7 +116,7 @@ def _plot(tables: dict[str, pd.DataFrame], alignment_columns: list[str], path: P
     return path
 
 
-def _load_networks(setup: FeaturesSetup, task: Any, runs_dir: Path, spec: sweep.SweepSpec) -> dict[str, Any]:
+def _load_networks(task: Any, runs_dir: Path, spec: sweep.SweepSpec) -> dict[str, Any]:
     networks: dict[str, Any] = {}
     for run in sweep.plan(spec):
         inspection = inspect_run(runs_dir / run.folder_name, run.config)
@@ -193,7 +193,7 @@ def run_features(
     if summary.failed:
         raise RuntimeError("; ".join(f"{o.folder_name}: {o.state} ({o.error})" for o in summary.failed))
     trained_seconds = time.perf_counter() - start
-    networks = _load_networks(setup, task, runs, spec)
+    networks = _load_networks(task, runs, spec)
 
     val = task.evaluation["val"]
     n = min(setup.n_images, len(val))
@@ -236,7 +236,7 @@ def run_features(
         *[f"{label}: {' '.join(t.attrs['verdict'])}" for label, t in tables.items()],
         f"{n} validation images at {table2.resolution} px; networks: Table 2's {', '.join(NETWORKS)} runs at "
         f"setting 0 on seed {table2.search_seed} ({', '.join(r.folder_name for r in sweep.plan(spec))}, in {runs}).",
-        f"Time: the networks {trained_seconds:.0f} s (0 when Table 2's runs were already there), the features "
+        f"Time: the networks {trained_seconds:.0f} s (seconds when Table 2's runs were already there), the features "
         f"(dense layer-wise NTK, n = {n}, float32) {feature_seconds:.0f} s.",
     ]
     text = "\n".join(
