@@ -24,7 +24,7 @@ from gradstarve import ntk
 from gradstarve.models.resnet import build_resnet
 
 
-def models(resnet: bool) -> list[tuple[str, nn.Module, torch.Tensor]]:
+def models(resnet: bool, resnet_n: int = 1000) -> list[tuple[str, nn.Module, torch.Tensor]]:
     generator = torch.Generator().manual_seed(0)
     cnn = [nn.Conv2d(2, 16, 3), nn.ReLU(), nn.Conv2d(16, 32, 3, stride=2), nn.ReLU(), nn.Flatten()]
     head = [nn.Linear(1152, 64), nn.ReLU(), nn.Linear(64, 1)]
@@ -49,7 +49,11 @@ def models(resnet: bool) -> list[tuple[str, nn.Module, torch.Tensor]]:
     if resnet:
         model = build_resnet("cpu", out_features=1, generator=generator)
         out.append(
-            ("ResNet-18 at half width, 32 px, n = 1,000", model, torch.randn(1000, 3, 32, 32, generator=generator))
+            (
+                f"ResNet-18 at half width, 32 px, n = {resnet_n:,}",
+                model,
+                torch.randn(resnet_n, 3, 32, 32, generator=generator),
+            )
         )
     return out
 
@@ -67,11 +71,14 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--resnet", action="store_true", help="also our ResNet-18 (half width, 32 px): minutes")
+    parser.add_argument("--resnet-n", type=int, default=1000, help="examples for the ResNet (default 1,000)")
+    parser.add_argument("--only-resnet", action="store_true", help="skip the MLP and CNNs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print("| model | nngeometry (s) | ours (s) | speed-up | max relative difference |")
     print("|---|---|---|---|---|")
-    for name, model, x in models(args.resnet):
+    cases = models(args.resnet or args.only_resnet, args.resnet_n)
+    for name, model, x in cases[3:] if args.only_resnet else cases:
         model, x = model.double().eval(), x.double()
         ours, theirs = [], []
         for _ in range(args.reps):
