@@ -61,8 +61,7 @@ def _available_bytes(device: torch.device) -> int | None:
 def feature_budget(device: torch.device, itemsize: int) -> int:
     """Per-example feature numbers one chunk may hold by default: a third of the memory available on ``device``
     now, and at least :data:`_CHUNK_NUMBERS`. Larger chunks recompute the per-example gradients of fewer kernel
-    blocks; when every example's features fit, they are computed once (2.5x faster than 23-example chunks on the
-    half-width ResNet-18 at n = 200, benchmarks/README.md)."""
+    blocks; when every example's features fit, they are computed once."""
     available = _available_bytes(device)
     return _CHUNK_NUMBERS if available is None else max(_CHUNK_NUMBERS, available // (3 * itemsize))
 
