@@ -17,8 +17,9 @@ def save_figure(figure: Figure, out_dir: Path, stem: str) -> list[Path]:
     """Save ``figure`` as ``out_dir/stem.png`` (150 dpi) and ``out_dir/stem.pdf``; return both paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = [out_dir / f"{stem}.png", out_dir / f"{stem}.pdf"]
-    for path in paths:
-        figure.savefig(path, dpi=150, bbox_inches="tight")
+    figure.savefig(paths[0], dpi=150, bbox_inches="tight")
+    # No creation date in the PDF: a regenerated figure of the same runs is the same file.
+    figure.savefig(paths[1], dpi=150, bbox_inches="tight", metadata={"CreationDate": None})
     return paths
 
 
