@@ -29,7 +29,7 @@ from scipy import optimize
 
 from gradstarve import theory
 from gradstarve.experiments.reproduce._output import save_figure, save_table
-from gradstarve.experiments.reproduce.base import Progress, Reproduction, evidence
+from gradstarve.experiments.reproduce.base import Progress, Reproduction, evidence, pngs
 
 #: The variational parameters of Fig. 5's tangent lines.
 FIG5_ALPHAS = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -182,7 +182,7 @@ def reproduce(
         "legendre",
         "Fig. 5 and Table 4: the Legendre lower bound of the cross-entropy and the dual forms of margin losses",
         tables={"Table 4 checked numerically": frame},
-        figures=[path for path in files if path.suffix == ".png"],
+        figures=pngs(files),
         notes=notes,
         seconds=time.perf_counter() - start,
         files=files,

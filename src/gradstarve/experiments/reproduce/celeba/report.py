@@ -11,7 +11,7 @@ from typing import Any
 import pandas as pd
 
 from gradstarve.experiments.reproduce._output import markdown_table, save_figure, save_table, save_text
-from gradstarve.experiments.reproduce.base import Progress, Reproduction, evidence
+from gradstarve.experiments.reproduce.base import Progress, Reproduction, evidence, pngs
 from gradstarve.experiments.reproduce.celeba.plan import (
     ATTRIBUTE,
     GROUP_NAMES,
@@ -219,7 +219,7 @@ def write_celeba(
             "verdict": pd.DataFrame(verdict),
             "search": pd.DataFrame(runs.search),
         },
-        figures=[path for path in figures if path.suffix == ".png"],
+        figures=pngs(figures),
         notes=notes,
         seconds=time.perf_counter() - start,
         files=files,

@@ -13,7 +13,7 @@ import pandas as pd
 from gradstarve.data.errors import MissingDataError
 from gradstarve.experiments.execute import EventHandler
 from gradstarve.experiments.reproduce._output import save_figure, save_text
-from gradstarve.experiments.reproduce.base import DataMissingError, Progress, Reproduction, evidence
+from gradstarve.experiments.reproduce.base import DataMissingError, Progress, Reproduction, evidence, pngs
 from gradstarve.experiments.reproduce.colored_mnist.plan import (
     DATASET,
     MAIN_ROWS,
@@ -221,7 +221,7 @@ def reproduce_colored_mnist(
     if precision:
         reproduction.data["precision_check"] = pd.DataFrame(precision)
     reproduction.files += _write(reproduction, out_dir, table, fig4, search, precision)
-    reproduction.figures = [path for path in reproduction.files if path.suffix == ".png"]
+    reproduction.figures = pngs(reproduction.files)
     reproduction.seconds = time.perf_counter() - start
     return reproduction
 
