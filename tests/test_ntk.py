@@ -146,8 +146,8 @@ def test_top_features_dense_and_matrix_free_match_full_eigh():
     eigenvalues, vectors = np.linalg.eigh(signs[:, None] * gram * signs[None, :])
     top_values, top_vectors = eigenvalues[::-1][:6], vectors[:, ::-1][:, :6]
     top_vectors = top_vectors * np.where(top_vectors.sum(axis=0) < 0, -1.0, 1.0)
-    for method in ("dense", "matrix_free"):
-        found = ntk.top_features(model, x, y, k=6, method=method, batch_size=16)
+    for method, ntk_method in (("dense", "auto"), ("matrix_free", "layerwise"), ("matrix_free", "jacobian")):
+        found = ntk.top_features(model, x, y, k=6, method=method, batch_size=16, ntk_method=ntk_method)
         np.testing.assert_allclose(found.eigenvalues, top_values, rtol=1e-8)
         np.testing.assert_allclose(found.U, top_vectors, atol=1e-8)
     assert ntk.top_features(model, x, y, k=6, method="matrix_free").matvecs > 0

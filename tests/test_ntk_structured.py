@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -158,3 +159,57 @@ def test_the_kernel_diagonal_of_a_conv_net_without_the_gram():
     settle(model, x)
     expected = jacobian_gram(model, x).diagonal(dim1=2, dim2=3).sum(-1).diagonal()
     torch.testing.assert_close(ntk.kernel_diagonal(model, x, chunk_size=2), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_several_outputs_in_chunks_and_thousands_of_examples():
+    # chunk_size=2: mirrored and exactly symmetric diagonal blocks in both multi-output modes, and two input sets;
+    # 4,500 examples in one chunk: the kernel in 8 row blocks from the diagonal on, mirrored
+    model = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(6, 3)).double()
+    x = torch.randn(5, 1, 5, dtype=torch.float64)
+    check(model, x, chunk_size=2)
+    check(model, x, torch.randn(3, 1, 5, dtype=torch.float64), chunk_size=2)
+    tiny = nn.Sequential(nn.Conv1d(1, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(8, 1)).double()
+    many = torch.randn(4500, 1, 5, dtype=torch.float64)
+    per_example = torch.func.vmap(
+        torch.func.jacrev(lambda p, e: torch.func.functional_call(tiny, p, (e[None],)).sum()), in_dims=(None, 0)
+    )(dict(tiny.named_parameters()), many)
+    jacobian = torch.cat([g.reshape(len(many), -1) for g in per_example.values()], dim=1)
+    reference = jacobian @ jacobian.T
+    kernel = ntk.empirical_ntk(tiny, many, method="layerwise")
+    torch.testing.assert_close(kernel, reference, rtol=1e-10, atol=1e-10 * float(reference.detach().abs().max()))
+    assert torch.equal(kernel, kernel.T)
+
+
+@pytest.mark.parametrize("method", ["layerwise", "jacobian"])
+def test_the_matrix_free_kernel_products_of_conv_nets(method):
+    # K v from the kept per-layer features (layerwise) and from Jacobian-vector products, against the reference
+    # Gram times v; mini-batches of 3 split the examples unevenly
+    generator = torch.Generator().manual_seed(5)
+    block = settle(Block().double(), torch.randn(7, 3, 6, 6, dtype=torch.float64))
+    grouped = nn.Sequential(
+        nn.Conv1d(2, 3, 2), nn.GroupNorm(1, 3), nn.ReLU(), nn.Flatten(), nn.Linear(9, 4), nn.Tanh(), nn.Linear(4, 1)
+    ).double()  # fmt: skip
+    for model, x in (
+        (block, torch.randn(7, 3, 6, 6, dtype=torch.float64)),
+        (grouped, torch.randn(7, 2, 4, dtype=torch.float64)),
+    ):
+        matvec, n = ntk.kernel_operator(model, x, batch_size=3, method=method)
+        v = torch.randn(n, generator=generator, dtype=torch.float64).numpy()
+        expected = (jacobian_gram(model, x)[:, :, 0, 0].detach() @ torch.from_numpy(v)).numpy()
+        np.testing.assert_allclose(matvec(v), expected, rtol=1e-10, atol=1e-10 * abs(expected).max())
+
+
+def test_the_matrix_free_layerwise_products_need_the_features_to_fit(monkeypatch, caplog):
+    model = nn.Sequential(nn.Conv1d(1, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(8, 1)).double()
+    x = torch.randn(6, 1, 5, dtype=torch.float64)
+    monkeypatch.setattr("gradstarve.ntk_structured.feature_budget", lambda device, itemsize: 10)
+    with pytest.raises(ValueError, match="third of the available memory"):
+        ntk.kernel_operator(model, x, method="layerwise")
+    with caplog.at_level(logging.INFO, logger="gradstarve.ntk"):
+        matvec, _ = ntk.kernel_operator(model, x)  # auto: Jacobian-vector products, and it says why
+    assert "do not fit" in caplog.text
+    v = np.ones(6)
+    expected = (jacobian_gram(model, x)[:, :, 0, 0].detach() @ torch.from_numpy(v)).numpy()
+    np.testing.assert_allclose(matvec(v), expected, rtol=1e-10)
+    with pytest.raises(UnsupportedLayerError, match="Scale"):
+        ntk.kernel_operator(nn.Sequential(nn.Linear(2, 2), Scale()).double(), x[:, 0, :2], method="layerwise")

@@ -119,7 +119,8 @@ class FeatureAnalysis:
         k: number of features (default: all ``n``, dense only).
         method: ``"dense"`` (Gram + ``eigh``/``eigsh``, ``O(n²)`` memory, keeps ``gram_``), ``"matrix_free"``
             (Lanczos on ``K v = Φ (Φ^T v)``, bounded memory) or ``"auto"`` (dense up to n = 8,000).
-        ntk_method: NTK method for the dense path (see :func:`gradstarve.ntk.empirical_ntk`).
+        ntk_method: how the kernel is computed (see :func:`gradstarve.ntk.top_features`): the ``method`` of
+            :func:`gradstarve.ntk.empirical_ntk` (dense) or of :func:`gradstarve.ntk.kernel_operator` (matrix-free).
         dtype: compute dtype (default float64 for accurate eigenvectors).
         batch_size: mini-batch for the matrix-free path.
         progress: ``True`` shows the stage (and the Lanczos product count) on stderr; a callable ``(stage, count)``
@@ -200,6 +201,7 @@ class FeatureAnalysis:
                     dtype=self.dtype,
                     batch_size=self.batch_size,
                     progress=lambda count: report("Lanczos: kernel-vector products", count),
+                    ntk_method=self.ntk_method,
                 )
                 self.gram_ = None
         if self.gram_ is not None:  # the dense kernel is there: its trace, no second pass over the model

@@ -22,8 +22,10 @@ The NTK of a stochastic or batch-dependent network is not defined, so every meth
 (dropout off, batch norm with running statistics), restoring its mode afterwards.
 
 :func:`top_features` gives the ``k`` strongest features (Def. 1) without a full eigendecomposition; its
-``"matrix_free"`` method applies ``K v = Φ (Φ^T v)`` through ``torch.func.vjp`` / ``jvp`` over mini-batches and runs
-Lanczos (``scipy.sparse.linalg.eigsh``), so it never stores an ``(n, n)`` or ``(n, P)`` matrix.
+``"matrix_free"`` method runs Lanczos (``scipy.sparse.linalg.eigsh``) on ``K v = Φ (Φ^T v)`` (:func:`kernel_operator`),
+so it never stores an ``(n, n)`` or ``(n, P)`` matrix: from every example's per-layer features, kept when they fit in
+a third of the available memory (a few matrix products per ``K v``, no pass through the network), else through
+``torch.func.vjp`` / ``jvp`` over mini-batches.
 """
 
 from __future__ import annotations
@@ -43,7 +45,13 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from gradstarve.devices import on_device
-from gradstarve.ntk_structured import UnsupportedLayerError, structured_diagonal, structured_ntk, unsupported_layer
+from gradstarve.ntk_structured import (
+    UnsupportedLayerError,
+    structured_diagonal,
+    structured_ntk,
+    structured_operator,
+    unsupported_layer,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -550,23 +558,57 @@ def _check_k(k: int, n: int) -> None:
 
 
 def kernel_operator(
-    model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype | None = None, batch_size: int = 4096
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    dtype: torch.dtype | None = None,
+    batch_size: int = 4096,
+    method: Method = "auto",
 ) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
     """A matrix-free NTK: returns ``(matvec, n)`` with ``matvec(v) = K v = Φ (Φ^T v)`` for ``v`` of shape ``(n,)``.
+    Single-output models only.
 
-    ``Φ^T v`` is accumulated in parameter space with ``torch.func.vjp`` over mini-batches of ``batch_size``, then
-    ``Φ u`` is computed with ``torch.func.jvp`` per mini-batch. Memory: two parameter-sized vectors plus one
-    mini-batch's activations. Cost per product: about three forward passes over the data. Single-output models only.
+    ``method="layerwise"``: every example's per-layer features are computed once and kept
+    (:func:`gradstarve.ntk_structured.structured_operator`), then each product is a few matrix products with them and
+    no pass through the network; for networks of Linear, Conv and norm layers whose features fit in a third of the
+    available memory (an error otherwise). ``method="jacobian"``: ``Φ^T v`` is accumulated in parameter space with
+    ``torch.func.vjp`` over mini-batches of ``batch_size``, then ``Φ u`` with ``torch.func.jvp``; memory: two
+    parameter-sized vectors plus one mini-batch's activations; about three forward passes per product.
+    ``method="auto"``: layerwise where it applies and fits, else jacobian (logged at INFO, with the reason).
     """
     _check_inputs(model, x)
     dtype = _resolve_dtype(model, x, dtype)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    f, params = _model_function(model, dtype)
+    if method not in ("auto", "layerwise", "jacobian"):
+        raise ValueError(f"method must be 'auto', 'layerwise' or 'jacobian', got {method!r}")
     n = x.shape[0]
     if _output_dim(model, x, dtype) != 1:
         raise ValueError("the matrix-free NTK needs a model with one output (a binary logit)")
     data = x.to(dtype)
+    problem = unsupported_layer(model)
+    if method == "layerwise" and problem is not None:
+        raise UnsupportedLayerError(f"method='layerwise' cannot handle this model: {problem}; use method='jacobian'")
+    if method != "jacobian" and problem is None:
+        params, buffers = _cast_state(model, dtype)
+        with eval_mode(model), torch.no_grad():
+            product = structured_operator(model, data, params, buffers, batch_size)
+        if product is not None:
+
+            def layerwise_matvec(v: np.ndarray) -> np.ndarray:
+                vector = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(n), dtype=dtype, device=x.device)
+                return product(vector).cpu().numpy().astype(np.float64)
+
+            return layerwise_matvec, n
+        if method == "layerwise":
+            raise ValueError(
+                "method='layerwise': the per-layer features of all n examples would take more than a third of the "
+                "available memory; use method='jacobian' (Jacobian-vector products) or fewer examples"
+            )
+        problem = "the per-layer features of all examples do not fit in a third of the available memory"
+    if method == "auto":
+        _log.info("kernel_operator: Jacobian-vector products, because %s", problem)
+    f, params = _model_function(model, dtype)
 
     def matvec(v: np.ndarray) -> np.ndarray:
         vector = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(n), dtype=dtype, device=x.device)
@@ -598,6 +640,7 @@ def top_features(
     tol: float = 0.0,
     progress: Callable[[int], None] | None = None,
     device: str | torch.device | None = None,
+    ntk_method: Method = "auto",
 ) -> Features:
     """The ``k`` strongest features of ``Y Φ₀ = U S V^T`` (Def. 1) at the model's current parameters.
 
@@ -611,6 +654,9 @@ def top_features(
         tol: Lanczos relative tolerance on eigenvalues (0 = machine precision).
         progress: called with the number of kernel-vector products done so far (matrix-free), e.g. to update a bar.
         device: compute on this device, as in :func:`empirical_ntk`.
+        ntk_method: how the kernel is computed: the ``method`` of :func:`empirical_ntk` (dense) or of
+            :func:`kernel_operator` (matrix-free: ``"layerwise"`` keeps every example's per-layer features,
+            ``"jacobian"`` uses Jacobian-vector products, ``"auto"`` the first where it fits).
     """
     model, (x,) = on_device(model, (x,), device)
     _check_inputs(model, x)
@@ -618,13 +664,13 @@ def top_features(
     signs = signed_labels(y, n).numpy()
     _check_k(k, n)
     if method == "dense":
-        gram = empirical_ntk(model, x, dtype=dtype, multi_output="trace")
+        gram = empirical_ntk(model, x, dtype=dtype, multi_output="trace", method=ntk_method)
         return features_from_gram(gram, torch.as_tensor(signs), k)
     if method != "matrix_free":
         raise ValueError(f"method must be 'dense' or 'matrix_free', got {method!r}")
     if k >= n:
         raise ValueError(f"matrix-free Lanczos needs k < n = {n}, got k = {k}; use method='dense'")
-    matvec, _ = kernel_operator(model, x, dtype=dtype, batch_size=batch_size)
+    matvec, _ = kernel_operator(model, x, dtype=dtype, batch_size=batch_size, method=ntk_method)
     count = 0
 
     def label_matvec(v: np.ndarray) -> np.ndarray:

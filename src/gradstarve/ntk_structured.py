@@ -100,6 +100,38 @@ class _Factored:
     delta: torch.Tensor
 
 
+@dataclass
+class _Features:
+    """The per-example gradients of a chunk of ``n`` examples: every materialised parameter tensor side by side in
+    ``dense`` (n, c, P) (or ``None``), and the factored Linear layers."""
+
+    dense: torch.Tensor | None
+    factored: list[_Factored]
+
+    def take(self, rows: slice) -> _Features:
+        """The features of a slice of the examples."""
+        dense = None if self.dense is None else self.dense[rows]
+        return _Features(dense, [_Factored(f.h[rows], f.delta[rows]) for f in self.factored])
+
+    @property
+    def per_example(self) -> int:
+        """Numbers held per example."""
+        dense = 0 if self.dense is None else self.dense[0].numel()
+        return dense + sum(f.h.shape[1] + f.delta[0].numel() for f in self.factored)
+
+    @property
+    def outputs(self) -> int:
+        return self.dense.shape[1] if self.dense is not None else self.factored[0].delta.shape[1]
+
+
+def _factored(module: nn.Module, h: torch.Tensor, outputs: int) -> bool:
+    """Whether a layer's term is computed factored, ``(h h'^T) ⊙ (δ δ'^T)``: a Linear on ``(n, d)`` inputs whose
+    materialised gradient (``c · d_in · d_out`` numbers per example) would be larger than its factors."""
+    if not isinstance(module, nn.Linear) or h.ndim != 2:
+        return False
+    return outputs * module.in_features * module.out_features > module.in_features + outputs * module.out_features
+
+
 def _norm_hat(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """``x̂`` of a norm layer (the input normalised, before the affine map), as the layer's eval forward computes it."""
     if isinstance(module, nn.LayerNorm):
@@ -132,47 +164,49 @@ def _conv_weight_grad(module: nn.Module, h: torch.Tensor, delta: torch.Tensor) -
     return grad.reshape(n, c, -1)
 
 
-def _layer_grads(module: nn.Module, h: torch.Tensor, delta: torch.Tensor) -> list[torch.Tensor | _Factored]:
-    """The per-example gradients of ``module``'s trainable parameters; ``delta``: ``(n, c, *output shape)``."""
+def _factors(module: nn.Module, h: torch.Tensor, delta: torch.Tensor) -> _Factored:
+    """The factors of a Linear layer on ``(n, d_in)`` inputs (see :func:`_factored`)."""
+    weight = module.weight.requires_grad
+    bias = module.bias is not None and module.bias.requires_grad
+    parts = ([h] if weight else []) + ([torch.ones(h.shape[0], 1, dtype=h.dtype, device=h.device)] if bias else [])
+    return _Factored(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], delta)
+
+
+def _dense_grads(module: nn.Module, h: torch.Tensor, delta: torch.Tensor) -> Iterator[torch.Tensor]:
+    """The per-example gradients ``(n, c, |θ|)`` of each of ``module``'s trainable parameters (weight, then bias);
+    ``h``: the layer's input, ``delta``: ``(n, c, *output shape)``."""
     n, c = delta.shape[:2]
     weight = module.weight is not None and module.weight.requires_grad
     bias = module.bias is not None and module.bias.requires_grad
-    out: list[torch.Tensor | _Factored] = []
     if isinstance(module, nn.Linear):
-        if h.ndim == 2:
-            parts = ([h] if weight else []) + ([torch.ones(n, 1, dtype=h.dtype, device=h.device)] if bias else [])
-            return [_Factored(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], delta)]
         flat_h, flat_d = h.reshape(n, -1, h.shape[-1]), delta.reshape(n, c, -1, delta.shape[-1])
         if weight:
-            out.append(torch.einsum("natd,nte->nade", flat_d, flat_h).reshape(n, c, -1))
+            yield torch.einsum("natd,nte->nade", flat_d, flat_h).reshape(n, c, -1)
         if bias:
-            out.append(flat_d.sum(dim=2))
-        return out
+            yield flat_d.sum(dim=2)
+        return
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         if weight:
-            out.append(_conv_weight_grad(module, h, delta))
+            yield _conv_weight_grad(module, h, delta)
         if bias:
-            out.append(delta.flatten(3).sum(dim=3))
-        return out
+            yield delta.flatten(3).sum(dim=3)
+        return
     # norm layers: γ and β are shared over every dimension but the ones they index
     if isinstance(module, nn.LayerNorm):
         shared = tuple(range(2, delta.ndim - len(module.normalized_shape)))  # leading dims of each example
     else:
         shared = tuple(range(3, delta.ndim))  # spatial dims (channel is dim 2 of delta)
     if weight:
-        hat = _norm_hat(module, h).unsqueeze(1)
-        term = delta * hat
-        out.append((term.sum(dim=shared) if shared else term).reshape(n, c, -1))
+        term = delta * _norm_hat(module, h).unsqueeze(1)
+        yield (term.sum(dim=shared) if shared else term).reshape(n, c, -1)
     if bias:
-        out.append((delta.sum(dim=shared) if shared else delta).reshape(n, c, -1))
-    return out
+        yield (delta.sum(dim=shared) if shared else delta).reshape(n, c, -1)
 
 
-def _features(
-    model: nn.Module, params: dict, buffers: dict, layers: list[nn.Module], x: torch.Tensor
-) -> list[torch.Tensor | _Factored]:
+def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Module], x: torch.Tensor) -> _Features:
     """One forward pass over ``x`` recording each layer's input and output, one backward pass per output for the
-    signals ``δ``, then each layer's per-example gradients."""
+    signals ``δ``, then each layer's per-example gradients, written side by side into one ``(n, c, P)`` tensor as
+    they are computed (so that only one layer's gradients exist beside it)."""
     inputs: dict[int, torch.Tensor] = {}
     outputs: dict[int, torch.Tensor] = {}
 
@@ -196,7 +230,7 @@ def _features(
                     f"layers {missing} were not called in forward; the NTK path cannot see them"
                 )
             order = list(outputs)
-            c = f.shape[1]
+            n, c = f.shape
             signals: list[list[torch.Tensor]] = [[] for _ in order]
             for a in range(c):
                 grads = torch.autograd.grad(
@@ -207,36 +241,56 @@ def _features(
     finally:
         for handle in handles:
             handle.remove()
-    features: list[torch.Tensor | _Factored] = []
+    del f
+    outputs.clear()  # the layers' outputs are not needed any more, only their signals
+    factored_layers = {i for i in order if _factored(layers[i], inputs[i], c)}
+    width = sum(
+        p.numel()
+        for i in order
+        if i not in factored_layers
+        for p in layers[i].parameters(recurse=False)
+        if p.requires_grad
+    )
+    dense = torch.empty(n, c, width, dtype=x.dtype, device=x.device) if width else None
+    factored, offset = [], 0
     for slot, i in enumerate(order):
         parts = signals[slot]  # (n, c, *output shape); one output: a view, no copy
         delta = parts[0].unsqueeze(1) if len(parts) == 1 else torch.stack(parts, dim=1)
-        features += _layer_grads(layers[i], inputs[i], delta)
-    return features
+        signals[slot] = []
+        if i in factored_layers:
+            factored.append(_factors(layers[i], inputs[i], delta))
+            continue
+        for grad in _dense_grads(layers[i], inputs[i], delta):
+            dense[:, :, offset : offset + grad.shape[2]] = grad
+            offset += grad.shape[2]
+    assert offset == width, "every materialised parameter tensor fills its slot"
+    return _Features(dense, factored)
 
 
-def _block(rows: list, cols: list, c: int, full: bool) -> torch.Tensor:
+def _block(rows: _Features, cols: _Features, full: bool) -> torch.Tensor:
     """Σ over parameter tensors of the NTK between two chunks: ``(nr, nc)`` (single output or trace) or
     ``(nr, nc, c, c)``."""
-    block = None
-    for row, col in zip(rows, cols, strict=True):
-        if isinstance(row, _Factored):
-            inner = row.h @ col.h.T
-            if full:
-                term = torch.einsum("iad,jbd->ijab", row.delta, col.delta) * inner[:, :, None, None]
-            else:
-                term = (row.delta.flatten(1) @ col.delta.flatten(1).T) * inner
-        elif full:
-            term = torch.einsum("iap,jbp->ijab", row, col)
+    if rows.dense is None:
+        block = None
+    elif full:
+        block = torch.einsum("iap,jbp->ijab", rows.dense, cols.dense)
+    else:
+        block = rows.dense.flatten(1) @ cols.dense.flatten(1).T
+    for row, col in zip(rows.factored, cols.factored, strict=True):
+        inner = row.h @ col.h.T
+        if full:
+            term = torch.einsum("iad,jbd->ijab", row.delta, col.delta).mul_(inner[:, :, None, None])
         else:
-            term = row.flatten(1) @ col.flatten(1).T
+            term = (row.delta.flatten(1) @ col.delta.flatten(1).T).mul_(inner)
         block = term if block is None else block.add_(term)
+    assert block is not None  # a model with trainable parameters has at least one term
     return block
 
 
-def _take(features: list, rows: slice) -> list:
-    """The features of a slice of the examples."""
-    return [_Factored(f.h[rows], f.delta[rows]) if isinstance(f, _Factored) else f[rows] for f in features]
+def _mirror(block: torch.Tensor) -> torch.Tensor:
+    """The block of the kernel with rows and columns swapped: ``(nr, nc) -> (nc, nr)``, ``(nr, nc, c, c) -> (nc, nr,
+    c, c)`` with the outputs swapped too."""
+    return block.transpose(0, 1) if block.ndim == 2 else block.permute(1, 0, 3, 2)
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -256,7 +310,7 @@ def structured_ntk(
     """The NTK of ``model`` (eval mode) between ``x`` and ``x2`` (default ``x``) with the layer-wise formulas of
     the module docstring; ``params`` / ``buffers``: the model's state in the compute dtype (trainable tensors as
     they are, the model's ``requires_grad`` flags decide which count). ``chunk_size``: examples per chunk (default:
-    about 2^26 per-example feature numbers per chunk)."""
+    as many as :func:`feature_budget` allows)."""
     problem = unsupported_layer(model)
     if problem is not None:
         raise UnsupportedLayerError(problem)
@@ -264,8 +318,7 @@ def structured_ntk(
     symmetric = x2 is None
     x2 = x if x2 is None else x2
     probe = _features(model, params, buffers, layers, x2[:1])
-    per_example = sum(f.h.shape[1] + f.delta[0].numel() if isinstance(f, _Factored) else f[0].numel() for f in probe)
-    c = probe[0].delta.shape[1] if isinstance(probe[0], _Factored) else probe[0].shape[1]
+    per_example, c = probe.per_example, probe.outputs
     full = c > 1 and multi_output == "full"
     budget = feature_budget(x.device, x.element_size())
     chunk = chunk_size or max(1, min(max(x.shape[0], x2.shape[0]), budget // max(1, per_example)))
@@ -280,13 +333,12 @@ def structured_ntk(
         size = max(64, -(-n // 8)) if symmetric else n
         for rows_slice in _chunks(n, size):
             upper = slice(rows_slice.start, n2) if symmetric else slice(0, n2)
-            block = _block(_take(rows_all, rows_slice), _take(cols, upper), c, full)
+            block = _block(rows_all.take(rows_slice), cols.take(upper), full)
             if symmetric:
                 width = rows_slice.stop - rows_slice.start
                 diagonal = block[:, :width]
-                mirrored = diagonal.transpose(0, 1) if not full else diagonal.permute(1, 0, 3, 2)
-                block[:, :width] = (diagonal + mirrored) / 2
-                kernel[upper, rows_slice] = block.transpose(0, 1) if not full else block.permute(1, 0, 3, 2)
+                block[:, :width] = (diagonal + _mirror(diagonal)) / 2
+                kernel[upper, rows_slice] = _mirror(block)
             kernel[rows_slice, upper] = block
         return kernel
     col_chunks = list(_chunks(n2, chunk))
@@ -297,12 +349,12 @@ def structured_ntk(
                 break  # the lower blocks are mirrored from the upper ones
             same = symmetric and rows_slice == cols_slice
             rows = cols if same else _features(model, params, buffers, layers, x[rows_slice])
-            block = _block(rows, cols, c, full)
+            block = _block(rows, cols, full)
             if same:  # exactly symmetric diagonal blocks
-                block = (block + (block.transpose(0, 1) if not full else block.permute(1, 0, 3, 2))) / 2
+                block = (block + _mirror(block)) / 2
             kernel[rows_slice, cols_slice] = block
             if symmetric and not same:
-                kernel[cols_slice, rows_slice] = block.transpose(0, 1) if not full else block.permute(1, 0, 3, 2)
+                kernel[cols_slice, rows_slice] = _mirror(block)
     return kernel
 
 
@@ -319,17 +371,69 @@ def structured_diagonal(
     if problem is not None:
         raise UnsupportedLayerError(problem)
     layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
-    probe = _features(model, params, buffers, layers, x[:1])
-    per_example = sum(f.h.shape[1] + f.delta[0].numel() if isinstance(f, _Factored) else f[0].numel() for f in probe)
-    chunk = chunk_size or max(1, min(x.shape[0], _CHUNK_NUMBERS // max(1, per_example)))
+    per_example = _features(model, params, buffers, layers, x[:1]).per_example
+    chunk = chunk_size or max(1, min(x.shape[0], feature_budget(x.device, x.element_size()) // max(1, per_example)))
     diagonal = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for rows in _chunks(x.shape[0], chunk):
-        for feature in _features(model, params, buffers, layers, x[rows]):
-            if isinstance(feature, _Factored):
-                diagonal[rows] += feature.h.square().sum(1) * feature.delta.square().flatten(1).sum(1)
-            else:
-                diagonal[rows] += feature.square().flatten(1).sum(1)
+        features = _features(model, params, buffers, layers, x[rows])
+        if features.dense is not None:
+            diagonal[rows] += torch.linalg.vector_norm(features.dense.flatten(1), dim=1).square()  # no squared copy
+        for factored in features.factored:
+            diagonal[rows] += factored.h.square().sum(1) * factored.delta.square().flatten(1).sum(1)
     return diagonal
 
 
-__all__ = ["SUPPORTED", "UnsupportedLayerError", "structured_diagonal", "structured_ntk", "unsupported_layer"]
+def structured_operator(
+    model: nn.Module,
+    x: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    buffers: dict[str, torch.Tensor],
+    batch_size: int,
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``v ↦ K v`` for a one-output model from every example's per-layer features, computed once (forward and
+    backward passes over mini-batches of ``batch_size``) and kept; ``None`` if they would take more than
+    :func:`feature_budget` (the caller then uses Jacobian-vector products).
+
+    Per product: ``F (F^T v)`` for the materialised layers (``F``: ``(n, P_dense)``) and, for each factored Linear
+    layer, ``M = H^T diag(v) Δ`` (``d_in x d_out``, the weight-shaped ``Φ_l^T v``), then ``(K_l v)_i = h_i^T M δ_i``:
+    about ``4 n (P_dense + Σ d_in d_out)`` flops and no pass through the network."""
+    problem = unsupported_layer(model)
+    if problem is not None:
+        raise UnsupportedLayerError(problem)
+    layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    probe = _features(model, params, buffers, layers, x[:1])
+    if probe.outputs != 1:
+        raise ValueError(f"the matrix-free NTK needs a model with one output, this one has {probe.outputs}")
+    if x.shape[0] * probe.per_example > feature_budget(x.device, x.element_size()):
+        return None
+    chunks = [(rows, _features(model, params, buffers, layers, x[rows])) for rows in _chunks(x.shape[0], batch_size)]
+
+    def matvec(vector: torch.Tensor) -> torch.Tensor:
+        pulled: torch.Tensor | int = 0  # Φ_dense^T v
+        weights: list[torch.Tensor | int] = [0] * len(probe.factored)  # per factored layer, H^T diag(v) Δ
+        for rows, features in chunks:
+            v = vector[rows]
+            if features.dense is not None:
+                pulled = pulled + features.dense[:, 0].T @ v
+            for index, layer in enumerate(features.factored):
+                weights[index] = weights[index] + layer.h.T @ (v[:, None] * layer.delta[:, 0])
+        out = torch.empty_like(vector)
+        for rows, features in chunks:
+            result = features.dense[:, 0] @ pulled if features.dense is not None else torch.zeros_like(vector[rows])
+            for layer, weight in zip(features.factored, weights, strict=True):
+                result += ((layer.h @ weight) * layer.delta[:, 0]).sum(dim=1)
+            out[rows] = result
+        return out
+
+    return matvec
+
+
+__all__ = [
+    "SUPPORTED",
+    "UnsupportedLayerError",
+    "feature_budget",
+    "structured_diagonal",
+    "structured_ntk",
+    "structured_operator",
+    "unsupported_layer",
+]
