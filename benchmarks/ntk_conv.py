@@ -6,7 +6,8 @@
 
 Float64, eval mode. Every measurement runs in its own child process, so that its peak resident memory
 (``ru_maxrss``) is its own; for each model the children alternate (ours, then nngeometry at each of its mini-batch
-sizes, ``reps`` times), and the minimum time of each is reported, nngeometry's at its best mini-batch size. Both
+sizes, ``reps`` times), each timing one kernel after an untimed warm-up, and the minimum time of each is reported,
+nngeometry's at its best mini-batch size. Both
 kernels are compared (max relative difference). The FLOP limit is the multiply-adds of our formulation's kernel
 products (``2 n (n + 1) / 2 · P_eff`` for the symmetric kernel, ``P_eff`` the per-example numbers of the per-layer
 features) at the float64 matrix-product rate measured in the same run; the forward and backward passes and the
@@ -104,7 +105,9 @@ def measure(name: str, n: int, library: str, batch: int, threads: int, save: str
 
     torch.set_num_threads(threads)
     model, x = build(name, n)
-    warm = x[: min(8, n)]  # load the libraries' code paths before the clock starts
+    # Warm up (code paths, the allocator's pages) before the clock starts: on all the inputs for the small models,
+    # on 8 for the ResNet, whose kernel takes minutes
+    warm = x[:8] if name == "resnet" else x
     compute = (
         (lambda inputs: ntk.empirical_ntk(model, inputs, method="layerwise"))
         if library == "ours"

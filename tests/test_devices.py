@@ -1,13 +1,17 @@
-"""``device=`` on the NTK and the analysis: the same numbers where the model is, a clear error where no GPU is."""
+"""``device=`` on the NTK and the analysis: the same numbers where the model is, a clear error where no GPU is; the
+host-memory policy inside the NTK keeps freed blocks and gives them back on exit."""
 
 from __future__ import annotations
+
+import os
+import platform
 
 import pytest
 import torch
 from torch import nn
 
 from gradstarve import FeatureAnalysis, empirical_ntk, top_features
-from gradstarve.devices import on_device
+from gradstarve.devices import on_device, reuse_host_memory
 from gradstarve.ntk import kernel_diagonal, ntrf
 
 
@@ -46,3 +50,30 @@ def test_asking_for_a_missing_gpu_is_a_clear_error():
         empirical_ntk(model, x, device="cuda:0")
     with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda"):
         empirical_ntk(model, x, device="gpu")
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the heap policy is glibc's"
+)
+def test_reuse_host_memory_keeps_freed_blocks_inside_and_returns_them_on_exit():
+    size = 2**25  # 256 MB of float64, far above glibc's largest mmap threshold
+    before = _resident_bytes()
+    with reuse_host_memory():
+        with reuse_host_memory():  # nested: only the outer exit gives memory back
+            block = torch.ones(size, dtype=torch.float64)
+            del block
+        kept = _resident_bytes() - before
+        again = torch.ones(size, dtype=torch.float64)  # served from the kept pages
+        assert _resident_bytes() - before < kept + 2**26
+        del again
+    returned = _resident_bytes() - before
+    assert kept > 2**27, f"freed memory should stay inside the context, {kept / 2**20:.0f} MB did"
+    assert returned < 2**26, f"memory should be returned on exit, {returned / 2**20:.0f} MB was kept"
+    block = torch.ones(size, dtype=torch.float64)  # outside: large blocks are mapped and unmapped again
+    del block
+    assert _resident_bytes() - before < 2**26

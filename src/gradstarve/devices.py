@@ -1,4 +1,5 @@
-"""Where a computation runs: one checked ``torch.device`` from ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``.
+"""Where a computation runs: one checked ``torch.device`` from ``"auto"``, ``"cpu"`` or ``"cuda[:N]"``, and how
+host memory is handed out while it runs.
 
 Layer 1 (maths), so that the NTK and the analysis take the same ``device=`` as the trainer and the CLI's
 ``--device``: ``"auto"`` is the one default everywhere (CUDA when visible, else the CPU).
@@ -6,12 +7,65 @@ Layer 1 (maths), so that the NTK and the analysis take the same ``device=`` as t
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
+import platform
+import threading
+from collections.abc import Iterator
 
 import torch
 from torch import nn
 
-__all__ = ["model_device", "on_device", "resolve_device"]
+__all__ = ["model_device", "on_device", "resolve_device", "reuse_host_memory"]
+
+# glibc's mallopt parameters (malloc.h) and the values its dynamic mmap threshold reaches after large blocks are
+# freed on a 64-bit system (DEFAULT_MMAP_THRESHOLD_MAX, twice that for trimming, DEFAULT_MMAP_MAX).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+_SETTLED = {_M_MMAP_THRESHOLD: 32 * 2**20, _M_TRIM_THRESHOLD: 64 * 2**20, _M_MMAP_MAX: 65536}
+_reuse_lock = threading.Lock()
+_reuse_depth = 0
+
+
+def _glibc() -> ctypes.CDLL | None:
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return None
+    try:
+        return ctypes.CDLL(None)
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def reuse_host_memory() -> Iterator[None]:
+    """Inside, host memory that torch frees is kept by the allocator and handed out again, instead of being
+    returned to the operating system and faulted in (and zeroed) afresh at the next large allocation.
+
+    The per-layer NTK allocates and frees hundreds of MB per chunk of examples; with glibc's defaults every such
+    block is a fresh ``mmap``, and the page faults cost more than the arithmetic (``benchmarks/README.md``). Inside
+    this context glibc serves large blocks from its heap and never trims it; on exit the thresholds are set to the
+    values glibc's own dynamic adjustment reaches after large frees, and the free memory is returned
+    (``malloc_trim``). Re-entrant; a no-op where the C library is not glibc.
+    """
+    global _reuse_depth
+    libc = _glibc()
+    if libc is None:
+        yield
+        return
+    with _reuse_lock:
+        _reuse_depth += 1
+        if _reuse_depth == 1:
+            libc.mallopt(_M_MMAP_MAX, 0)
+            libc.mallopt(_M_TRIM_THRESHOLD, -1)  # -1: never trim
+    try:
+        yield
+    finally:
+        with _reuse_lock:
+            _reuse_depth -= 1
+            if _reuse_depth == 0:
+                for parameter, value in _SETTLED.items():
+                    libc.mallopt(parameter, value)
+                libc.malloc_trim(0)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -44,7 +44,7 @@ from scipy.sparse.linalg import LinearOperator, eigsh
 from torch import nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
-from gradstarve.devices import on_device
+from gradstarve.devices import on_device, reuse_host_memory
 from gradstarve.ntk_structured import (
     UnsupportedLayerError,
     structured_diagonal,
@@ -423,7 +423,7 @@ def empirical_ntk(
     if method not in ("auto", "layerwise", "jacobian"):
         raise ValueError(f"method must be 'auto', 'layerwise' or 'jacobian', got {method!r}")
     _trainable(model)
-    with eval_mode(model), torch.no_grad():  # torch.func transforms still differentiate inside
+    with eval_mode(model), torch.no_grad(), reuse_host_memory():  # torch.func transforms still differentiate inside
         if method in ("layerwise", "auto") and linear_stack(model) is not None:
             return _layerwise_ntk(model, x, x2, dtype, chunk_size, multi_output)
         problem = unsupported_layer(model)
@@ -455,7 +455,7 @@ def kernel_diagonal(
     _check_inputs(model, x)
     dtype = _resolve_dtype(model, x, dtype)
     _trainable(model)
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), reuse_host_memory():
         modules = linear_stack(model)
         diagonal = torch.zeros(x.shape[0], dtype=dtype, device=x.device)
         if modules is not None:
@@ -485,7 +485,7 @@ def ntrf(model: nn.Module, x: torch.Tensor, *, dtype: torch.dtype | None = None)
     """
     _check_inputs(model, x)
     dtype = _resolve_dtype(model, x, dtype)
-    with eval_mode(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad(), reuse_host_memory():
         f, params = _model_function(model, dtype)
         jac = _jacobian(f, params, x.to(dtype), max(1, min(256, x.shape[0])))
     return jac[:, 0, :] if jac.shape[1] == 1 else jac
@@ -591,7 +591,7 @@ def kernel_operator(
         raise UnsupportedLayerError(f"method='layerwise' cannot handle this model: {problem}; use method='jacobian'")
     if method != "jacobian" and problem is None:
         params, buffers = _cast_state(model, dtype)
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad(), reuse_host_memory():
             product = structured_operator(model, data, params, buffers, batch_size)
         if product is not None:
 
@@ -612,7 +612,7 @@ def kernel_operator(
 
     def matvec(v: np.ndarray) -> np.ndarray:
         vector = torch.as_tensor(np.asarray(v, dtype=np.float64).reshape(n), dtype=dtype, device=x.device)
-        with eval_mode(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad(), reuse_host_memory():
             cotangent = {name: torch.zeros_like(p) for name, p in params.items()}
             for rows in _chunks(n, batch_size):
                 _, pullback = vjp(lambda p, b=data[rows]: f(p, b)[:, 0], params)
@@ -682,5 +682,6 @@ def top_features(
         return result
 
     operator = LinearOperator((n, n), matvec=label_matvec, dtype=np.float64)
-    eigenvalues, vectors = eigsh(operator, k=k, which="LA", tol=tol)
+    with reuse_host_memory():  # one heap for all the products, not a fresh one per product
+        eigenvalues, vectors = eigsh(operator, k=k, which="LA", tol=tol)
     return _finish(eigenvalues, vectors, count)

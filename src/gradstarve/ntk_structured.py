@@ -6,7 +6,8 @@ The NTK is a sum over parameter tensors: ``K(x, x') = Σ_l ⟨∂f(x)/∂θ_l, �
 Kernel"), without forming the ``(n, P)`` Jacobian of the whole network:
 
 * ``nn.Linear`` on ``(n, d)`` inputs: ``∂f_a/∂W = δ_a h^T`` and ``∂f_a/∂b = δ_a``, so its term is the factored
-  ``(h h'^T + 1) ⊙ (δ_a · δ'_b)``: ``O(n (d_in + c d_out))`` memory, never ``d_in x d_out`` per example;
+  ``(h h'^T + 1) ⊙ (δ_a · δ'_b)``: ``O(n (d_in + c d_out))`` memory, never ``d_in x d_out`` per example (a
+  one-output layer, whose gradient is no larger than its factors, is materialised like the layers below);
 * ``nn.Conv1d`` / ``nn.Conv2d`` (zero padding, any stride, dilation, groups): ``∂f_a/∂W = Σ_p δ_{a,p} u_p^T`` over
   output positions ``p``, with ``u_p`` the input patch (``F.unfold``, the conv-as-matmul identity), one product
   per example and group; ``∂f_a/∂b = Σ_p δ_{a,p}``;
@@ -18,10 +19,13 @@ Kernel"), without forming the ``(n, P)`` Jacobian of the whole network:
 Any parameter-free computation between these layers (activations, pooling, flattening, dropout in eval mode,
 residual additions, concatenations) is handled by autograd, since the signals ``δ`` come from one forward pass and one
 batched backward pass per output over a chunk of examples (examples do not interact in eval mode). Conv and norm
-gradients are materialised per example and chunk (``chunk x c x p_l`` numbers); a chunk's are recomputed for each
+gradients are materialised per example and chunk, side by side in one ``(chunk, c, P_dense)`` tensor, so that a
+block of the kernel takes one matrix product for all of them; a chunk's are recomputed for each
 block of the kernel they enter, so memory is bounded by the chunk size, not by ``n x P``. The default chunk holds a
 third of the memory available when the kernel starts (:func:`feature_budget`): when all ``n`` examples fit, their
 features are computed once.
+
+:func:`structured_operator` keeps every example's features (when they fit) for matrix-free products ``K v``.
 
 Exact: the same numbers as the plain per-example Jacobian Gram (float64 agreement to rounding; tests).
 """
@@ -320,12 +324,15 @@ def structured_ntk(
     probe = _features(model, params, buffers, layers, x2[:1])
     per_example, c = probe.per_example, probe.outputs
     full = c > 1 and multi_output == "full"
-    budget = feature_budget(x.device, x.element_size())
-    chunk = chunk_size or max(1, min(max(x.shape[0], x2.shape[0]), budget // max(1, per_example)))
     n, n2 = x.shape[0], x2.shape[0]
+    # By default the features held at once (every example's, or a row chunk's and a column chunk's) take at most
+    # feature_budget numbers
+    budget = feature_budget(x.device, x.element_size()) // max(1, per_example)
+    whole = chunk_size is None and (n2 if symmetric else n + n2) <= budget
+    chunk = chunk_size or max(1, budget // 2)
     shape = (n, n2, c, c) if full else (n, n2)
     kernel = torch.empty(shape, dtype=x.dtype, device=x.device)
-    if chunk >= n2 and (symmetric or chunk >= n):
+    if whole or (chunk >= n2 and (symmetric or chunk >= n)):
         # Every example's features fit in one chunk: compute them once, then the kernel in row blocks; in the
         # symmetric case only the blocks from the diagonal on (8 blocks: 56 % of the products) and mirror them.
         cols = _features(model, params, buffers, layers, x2)
