@@ -84,7 +84,7 @@ def _peak_matmul(queue) -> None:
     queue.put({"gflops": best})
 
 
-def _matrix_free(n: int, k: int, data_root: str | None, queue) -> None:
+def _matrix_free(n: int, k: int, data_root: str | None, ntk_method: str, queue) -> None:
     from gradstarve.ntk import top_features
 
     torch.set_num_threads(os.cpu_count() or 1)
@@ -101,7 +101,7 @@ def _matrix_free(n: int, k: int, data_root: str | None, queue) -> None:
         y = torch.where(torch.rand(n, generator=torch.Generator().manual_seed(2)) < 0.5, -1.0, 1.0)
     model = _model(widths)
     start = time.perf_counter()
-    found = top_features(model, x, y, k=k, method="matrix_free", batch_size=4096, tol=1e-6)
+    found = top_features(model, x, y, k=k, method="matrix_free", batch_size=4096, tol=1e-6, ntk_method=ntk_method)
     queue.put(
         {
             "seconds": time.perf_counter() - start,
@@ -146,6 +146,12 @@ def main() -> None:
     parser.add_argument("--matrix-free-k", type=int, default=10)
     parser.add_argument("--data-root", default=None)
     parser.add_argument("--skip-matrix-free", action="store_true")
+    parser.add_argument("--only-matrix-free", action="store_true", help="skip the dense kernels")
+    parser.add_argument(
+        "--matrix-free-methods",
+        default="layerwise,jacobian",
+        help="K v from the kept per-layer features (layerwise) and/or Jacobian-vector products (jacobian)",
+    )
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args()
     n = args.n
@@ -157,61 +163,65 @@ def main() -> None:
         "parameters": n_params,
     }
 
-    results["peak_matmul"] = _run(_peak_matmul)
-    flops = n * n * sum(a + 1 + b for a, b in itertools.pairwise(WIDTHS[:-1])) + n * n * (WIDTHS[-2] + 1)
-    results["flop_limit"] = {"gflop": flops / 1e9, "seconds": flops / (results["peak_matmul"]["gflops"] * 1e9)}
-    print(
-        f"peak float64 matmul: {results['peak_matmul']['gflops']:.1f} GFLOP/s; minimal computation "
-        f"{flops / 1e9:.1f} GFLOP -> FLOP limit {results['flop_limit']['seconds']:.2f} s"
-    )
+    if not args.only_matrix_free:
+        results["peak_matmul"] = _run(_peak_matmul)
+        flops = n * n * sum(a + 1 + b for a, b in itertools.pairwise(WIDTHS[:-1])) + n * n * (WIDTHS[-2] + 1)
+        results["flop_limit"] = {"gflop": flops / 1e9, "seconds": flops / (results["peak_matmul"]["gflops"] * 1e9)}
+        print(
+            f"peak float64 matmul: {results['peak_matmul']['gflops']:.1f} GFLOP/s; minimal computation "
+            f"{flops / 1e9:.1f} GFLOP -> FLOP limit {results['flop_limit']['seconds']:.2f} s"
+        )
 
-    results["layerwise"] = _run(_time_ntk, "layerwise", n, 3)
-    print(
-        f"layerwise: {results['layerwise']['seconds']:.2f} s, peak RSS {results['layerwise']['peak_rss_gib']:.2f} GiB"
-    )
+        results["layerwise"] = _run(_time_ntk, "layerwise", n, 3)
+        print(
+            f"layerwise: {results['layerwise']['seconds']:.2f} s, "
+            f"peak RSS {results['layerwise']['peak_rss_gib']:.2f} GiB"
+        )
 
-    jacobian_gib = n * n_params * 8 / 2**30
-    # torch.func's vmapped backward holds every layer's per-example gradients and then their concatenation: about
-    # twice the Jacobian at its peak (n = 5,000: 12.2 GiB of Jacobian, 23 GiB resident before the OOM killer came)
-    if jacobian_gib * 2.2 < _available_gib() - 2:
-        results["jacobian"] = _run(_time_ntk, "jacobian", n, 1) | {"extrapolated": False}
-    else:
-        small = [max(200, n // 5), max(400, 2 * n // 5)]
-        timings = [_run(_time_ntk, "jacobian", size, 1) for size in small]
-        (n1, n2), (t1, t2) = small, (timings[0]["seconds"], timings[1]["seconds"])
-        b = (t2 / n2 - t1 / n1) / (n2 - n1)  # t = a n + b n²
-        a = t1 / n1 - b * n1
-        results["jacobian"] = {
-            "seconds": a * n + b * n * n,
-            "extrapolated": True,
-            "measured": dict(zip(small, timings, strict=True)),
-            "peak_rss_gib": jacobian_gib,
-            "note": f"Jacobian alone needs {jacobian_gib:.1f} GiB at n = {n}",
-        }
-    print(
-        f"jacobian: {results['jacobian']['seconds']:.1f} s"
-        f"{' (extrapolated)' if results['jacobian']['extrapolated'] else ''}, "
-        f"peak RSS {results['jacobian']['peak_rss_gib']:.2f} GiB"
-    )
-    results["speedup_vs_jacobian"] = results["jacobian"]["seconds"] / results["layerwise"]["seconds"]
-    results["ratio_to_flop_limit"] = results["layerwise"]["seconds"] / results["flop_limit"]["seconds"]
-    print(
-        f"layerwise is {results['speedup_vs_jacobian']:.0f}x faster than the Jacobian Gram and "
-        f"{results['ratio_to_flop_limit']:.2f}x the FLOP limit"
-    )
+        jacobian_gib = n * n_params * 8 / 2**30
+        # torch.func's vmapped backward holds every layer's per-example gradients and then their concatenation: about
+        # twice the Jacobian at its peak (n = 5,000: 12.2 GiB of Jacobian, 23 GiB resident before the OOM killer came)
+        if jacobian_gib * 2.2 < _available_gib() - 2:
+            results["jacobian"] = _run(_time_ntk, "jacobian", n, 1) | {"extrapolated": False}
+        else:
+            small = [max(200, n // 5), max(400, 2 * n // 5)]
+            timings = [_run(_time_ntk, "jacobian", size, 1) for size in small]
+            (n1, n2), (t1, t2) = small, (timings[0]["seconds"], timings[1]["seconds"])
+            b = (t2 / n2 - t1 / n1) / (n2 - n1)  # t = a n + b n²
+            a = t1 / n1 - b * n1
+            results["jacobian"] = {
+                "seconds": a * n + b * n * n,
+                "extrapolated": True,
+                "measured": dict(zip(small, timings, strict=True)),
+                "peak_rss_gib": jacobian_gib,
+                "note": f"Jacobian alone needs {jacobian_gib:.1f} GiB at n = {n}",
+            }
+        print(
+            f"jacobian: {results['jacobian']['seconds']:.1f} s"
+            f"{' (extrapolated)' if results['jacobian']['extrapolated'] else ''}, "
+            f"peak RSS {results['jacobian']['peak_rss_gib']:.2f} GiB"
+        )
+        results["speedup_vs_jacobian"] = results["jacobian"]["seconds"] / results["layerwise"]["seconds"]
+        results["ratio_to_flop_limit"] = results["layerwise"]["seconds"] / results["flop_limit"]["seconds"]
+        print(
+            f"layerwise is {results['speedup_vs_jacobian']:.0f}x faster than the Jacobian Gram and "
+            f"{results['ratio_to_flop_limit']:.2f}x the FLOP limit"
+        )
 
     if not args.skip_matrix_free:
-        results["matrix_free"] = _run(_matrix_free, args.matrix_free_n, args.matrix_free_k, args.data_root)
-        mf = results["matrix_free"]
-        print(
-            f"matrix-free top-{args.matrix_free_k} at n = {args.matrix_free_n} ({mf['source']}): "
-            f"{mf['seconds']:.0f} s, {mf['matvecs']} products, peak RSS {mf['peak_rss_gib']:.2f} GiB"
-        )
+        for method in args.matrix_free_methods.split(","):
+            mf = _run(_matrix_free, args.matrix_free_n, args.matrix_free_k, args.data_root, method)
+            results[f"matrix_free_{method}"] = mf
+            print(
+                f"matrix-free top-{args.matrix_free_k} at n = {args.matrix_free_n} ({mf['source']}), K v {method}: "
+                f"{mf['seconds']:.0f} s, {mf['matvecs']} products, peak RSS {mf['peak_rss_gib']:.2f} GiB"
+            )
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ntk.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {out / 'ntk.json'}")
+    name = "ntk_matrix_free.json" if args.only_matrix_free else "ntk.json"
+    (out / name).write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {out / name}")
 
 
 if __name__ == "__main__":

@@ -401,8 +401,9 @@ def empirical_ntk(
         dtype: compute in this dtype (e.g. ``torch.float64`` for reference values); default the model's.
         chunk_size: examples per block of rows (layerwise) or per Jacobian chunk (jacobian); bounds peak memory at
             about ``chunk_size * n2`` (layerwise) or ``(n2 + chunk_size) * c * P`` (jacobian) numbers beside the
-            output. Default: blocks of about 2^25 numbers (MLPs); conv / norm networks: chunks whose per-example
-            features take up to a third of the memory available (:func:`gradstarve.ntk_structured.feature_budget`).
+            output. Default: blocks of about 2^25 numbers (MLPs); conv / norm networks: every example's per-layer
+            features at once if they fit in a third of the memory available
+            (:func:`gradstarve.ntk_structured.feature_budget`), else row and column chunks that fit in it together.
         multi_output: for ``c > 1`` outputs, ``"full"`` returns ``(n, n2, c, c)``, ``"trace"`` returns the sum over
             outputs ``Σ_a K_aa``, ``(n, n2)``.
         device: compute on this device (``"auto"``, ``"cpu"``, ``"cuda[:N]"``; see :func:`gradstarve.devices.on_device`:

@@ -147,8 +147,9 @@ def _norm_hat(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return (h - mean) / torch.sqrt(var + module.eps)
 
 
-def _conv_weight_grad(module: nn.Module, h: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-    """Per-example, per-output ``∂f_a/∂W`` of a conv layer: ``(n, c, *W.shape)`` flattened to ``(n, c, |W|)``.
+def _conv_weight_grad(module: nn.Module, h: torch.Tensor, delta: torch.Tensor, out: torch.Tensor) -> None:
+    """Per-example, per-output ``∂f_a/∂W`` of a conv layer, ``(n, c, *W.shape)`` flattened, written into ``out``
+    ``(n, c, |W|)`` (a slice of the features tensor): one batched product per output and group, straight into place.
 
     ``h``: the layer's input ``(n, C_in, *spatial)``; ``delta``: ``(n, c, C_out, *out_spatial)``."""
     one_d = isinstance(module, nn.Conv1d)
@@ -164,8 +165,10 @@ def _conv_weight_grad(module: nn.Module, h: torch.Tensor, delta: torch.Tensor) -
     groups = module.groups
     patches = patches.reshape(n, groups, patches.shape[1] // groups, patches.shape[2])  # (n, g, C_in/g·k, L)
     signal = delta.reshape(n, c, groups, out_channels // groups, -1)  # (n, c, g, C_out/g, L)
-    grad = torch.einsum("nagol,ngkl->nagok", signal, patches)  # (n, c, g, C_out/g, C_in/g·k)
-    return grad.reshape(n, c, -1)
+    place = out.view(n, c, groups, out_channels // groups, patches.shape[2])  # (n, c, g, C_out/g, C_in/g·k)
+    for a in range(c):
+        for g in range(groups):
+            torch.bmm(signal[:, a, g], patches[:, g].transpose(1, 2), out=place[:, a, g])
 
 
 def _factors(module: nn.Module, h: torch.Tensor, delta: torch.Tensor) -> _Factored:
@@ -176,24 +179,25 @@ def _factors(module: nn.Module, h: torch.Tensor, delta: torch.Tensor) -> _Factor
     return _Factored(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], delta)
 
 
-def _dense_grads(module: nn.Module, h: torch.Tensor, delta: torch.Tensor) -> Iterator[torch.Tensor]:
-    """The per-example gradients ``(n, c, |θ|)`` of each of ``module``'s trainable parameters (weight, then bias);
-    ``h``: the layer's input, ``delta``: ``(n, c, *output shape)``."""
+def _dense_grads(module: nn.Module, h: torch.Tensor, delta: torch.Tensor, out: torch.Tensor) -> None:
+    """The per-example gradients of ``module``'s trainable parameters (weight, then bias), written side by side
+    into ``out`` ``(n, c, Σ |θ|)``; ``h``: the layer's input, ``delta``: ``(n, c, *output shape)``."""
     n, c = delta.shape[:2]
     weight = module.weight is not None and module.weight.requires_grad
     bias = module.bias is not None and module.bias.requires_grad
+    size = module.weight.numel() if weight else 0
     if isinstance(module, nn.Linear):
         flat_h, flat_d = h.reshape(n, -1, h.shape[-1]), delta.reshape(n, c, -1, delta.shape[-1])
         if weight:
-            yield torch.einsum("natd,nte->nade", flat_d, flat_h).reshape(n, c, -1)
+            out[:, :, :size] = torch.einsum("natd,nte->nade", flat_d, flat_h).reshape(n, c, -1)
         if bias:
-            yield flat_d.sum(dim=2)
+            out[:, :, size:] = flat_d.sum(dim=2)
         return
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         if weight:
-            yield _conv_weight_grad(module, h, delta)
+            _conv_weight_grad(module, h, delta, out[:, :, :size])
         if bias:
-            yield delta.flatten(3).sum(dim=3)
+            out[:, :, size:] = delta.flatten(3).sum(dim=3)
         return
     # norm layers: γ and β are shared over every dimension but the ones they index
     if isinstance(module, nn.LayerNorm):
@@ -202,15 +206,15 @@ def _dense_grads(module: nn.Module, h: torch.Tensor, delta: torch.Tensor) -> Ite
         shared = tuple(range(3, delta.ndim))  # spatial dims (channel is dim 2 of delta)
     if weight:
         term = delta * _norm_hat(module, h).unsqueeze(1)
-        yield (term.sum(dim=shared) if shared else term).reshape(n, c, -1)
+        out[:, :, :size] = (term.sum(dim=shared) if shared else term).reshape(n, c, -1)
     if bias:
-        yield (delta.sum(dim=shared) if shared else delta).reshape(n, c, -1)
+        out[:, :, size:] = (delta.sum(dim=shared) if shared else delta).reshape(n, c, -1)
 
 
 def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Module], x: torch.Tensor) -> _Features:
     """One forward pass over ``x`` recording each layer's input and output, one backward pass per output for the
-    signals ``δ``, then each layer's per-example gradients, written side by side into one ``(n, c, P)`` tensor as
-    they are computed (so that only one layer's gradients exist beside it)."""
+    signals ``δ``, then each layer's per-example gradients, written straight into their places side by side in one
+    ``(n, c, P)`` tensor."""
     inputs: dict[int, torch.Tensor] = {}
     outputs: dict[int, torch.Tensor] = {}
 
@@ -264,10 +268,9 @@ def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Mod
         if i in factored_layers:
             factored.append(_factors(layers[i], inputs[i], delta))
             continue
-        for grad in _dense_grads(layers[i], inputs[i], delta):
-            dense[:, :, offset : offset + grad.shape[2]] = grad
-            offset += grad.shape[2]
-    assert offset == width, "every materialised parameter tensor fills its slot"
+        size = sum(p.numel() for p in layers[i].parameters(recurse=False) if p.requires_grad)
+        _dense_grads(layers[i], inputs[i], delta, dense[:, :, offset : offset + size])
+        offset += size
     return _Features(dense, factored)
 
 
