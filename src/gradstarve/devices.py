@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import ctypes
+import functools
 import platform
 import threading
 from collections.abc import Iterator
@@ -27,7 +28,9 @@ _reuse_lock = threading.Lock()
 _reuse_depth = 0
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
+    """The C library when it is glibc (whose ``mallopt`` and ``malloc_trim`` are used), else ``None``."""
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return None
     try:
