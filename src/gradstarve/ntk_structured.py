@@ -382,7 +382,8 @@ def structured_diagonal(
         raise UnsupportedLayerError(problem)
     layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
     per_example = _features(model, params, buffers, layers, x[:1]).per_example
-    chunk = chunk_size or max(1, min(x.shape[0], feature_budget(x.device, x.element_size()) // max(1, per_example)))
+    # each example's features are computed once whatever the chunk, so a small one only bounds memory
+    chunk = chunk_size or max(1, min(x.shape[0], _CHUNK_NUMBERS // max(1, per_example)))
     diagonal = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
     for rows in _chunks(x.shape[0], chunk):
         features = _features(model, params, buffers, layers, x[rows])
