@@ -96,6 +96,15 @@ def unsupported_layer(model: nn.Module) -> str | None:
     return None
 
 
+def _parametrised_layers(model: nn.Module) -> list[nn.Module]:
+    """The modules of ``model`` that own trainable parameters, after checking that each is one this path handles
+    (:class:`UnsupportedLayerError` naming the first that is not)."""
+    problem = unsupported_layer(model)
+    if problem is not None:
+        raise UnsupportedLayerError(problem)
+    return [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+
+
 @dataclass
 class _Factored:
     """A Linear layer on ``(n, d)`` inputs: ``h`` (n, d_in [+1 for a trainable bias]) and ``δ`` (n, c, d_out)."""
@@ -252,13 +261,8 @@ def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Mod
     del f
     outputs.clear()  # the layers' outputs are not needed any more, only their signals
     factored_layers = {i for i in order if _factored(layers[i], inputs[i], c)}
-    width = sum(
-        p.numel()
-        for i in order
-        if i not in factored_layers
-        for p in layers[i].parameters(recurse=False)
-        if p.requires_grad
-    )
+    sizes = {i: sum(p.numel() for p in layers[i].parameters(recurse=False) if p.requires_grad) for i in order}
+    width = sum(sizes[i] for i in order if i not in factored_layers)
     dense = torch.empty(n, c, width, dtype=x.dtype, device=x.device) if width else None
     factored, offset = [], 0
     for slot, i in enumerate(order):
@@ -268,9 +272,8 @@ def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Mod
         if i in factored_layers:
             factored.append(_factors(layers[i], inputs[i], delta))
             continue
-        size = sum(p.numel() for p in layers[i].parameters(recurse=False) if p.requires_grad)
-        _dense_grads(layers[i], inputs[i], delta, dense[:, :, offset : offset + size])
-        offset += size
+        _dense_grads(layers[i], inputs[i], delta, dense[:, :, offset : offset + sizes[i]])
+        offset += sizes[i]
     return _Features(dense, factored)
 
 
@@ -318,10 +321,7 @@ def structured_ntk(
     the module docstring; ``params`` / ``buffers``: the model's state in the compute dtype (trainable tensors as
     they are, the model's ``requires_grad`` flags decide which count). ``chunk_size``: examples per chunk (default:
     as many as :func:`feature_budget` allows)."""
-    problem = unsupported_layer(model)
-    if problem is not None:
-        raise UnsupportedLayerError(problem)
-    layers = [module for module in model.modules() if any(p.requires_grad for p in module.parameters(recurse=False))]
+    layers = _parametrised_layers(model)
     symmetric = x2 is None
     x2 = x if x2 is None else x2
     probe = _features(model, params, buffers, layers, x2[:1])
@@ -377,10 +377,7 @@ def structured_diagonal(
 ) -> torch.Tensor:
     """``(n,)`` diagonal of the NTK (trace over outputs), ``Σ_l ‖∂f(x_i)/∂θ_l‖²``, from the same per-layer
     features as :func:`structured_ntk`, chunk by chunk, without any ``n x n`` block."""
-    problem = unsupported_layer(model)
-    if problem is not None:
-        raise UnsupportedLayerError(problem)
-    layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    layers = _parametrised_layers(model)
     per_example = _features(model, params, buffers, layers, x[:1]).per_example
     # each example's features are computed once whatever the chunk, so a small one only bounds memory
     chunk = chunk_size or max(1, min(x.shape[0], _CHUNK_NUMBERS // max(1, per_example)))
@@ -408,10 +405,7 @@ def structured_operator(
     Per product: ``F (F^T v)`` for the materialised layers (``F``: ``(n, P_dense)``) and, for each factored Linear
     layer, ``M = H^T diag(v) Δ`` (``d_in x d_out``, the weight-shaped ``Φ_l^T v``), then ``(K_l v)_i = h_i^T M δ_i``:
     about ``4 n (P_dense + Σ d_in d_out)`` flops and no pass through the network."""
-    problem = unsupported_layer(model)
-    if problem is not None:
-        raise UnsupportedLayerError(problem)
-    layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
+    layers = _parametrised_layers(model)
     probe = _features(model, params, buffers, layers, x[:1])
     if probe.outputs != 1:
         raise ValueError(f"the matrix-free NTK needs a model with one output, this one has {probe.outputs}")
