@@ -193,6 +193,26 @@ def test_clear_errors():
         ntk.empirical_ntk(model, x.to("meta"))
 
 
+def test_non_finite_inputs_and_parameters_are_named_and_huge_finite_ones_are_not():
+    model = MLP(3, (4,), 1, generator=gen(29)).double()
+    x = torch.randn(5, 3, dtype=torch.float64, generator=gen(30))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        broken = x.clone()
+        broken[1, 2] = broken[3, 0] = bad
+        with pytest.raises(ValueError, match="2 of its 5 examples hold NaN or infinity"):
+            ntk.empirical_ntk(model, broken)
+    huge = x.clone()
+    huge[:, 0] = 1e308  # finite, though their sum overflows
+    assert torch.isfinite(huge).all() and not torch.isfinite(huge.sum())
+    reference = ntk.empirical_ntk(model, huge, method="jacobian")
+    torch.testing.assert_close(ntk.empirical_ntk(model, huge), reference, rtol=1e-10, atol=0.0)
+    diverged = MLP(3, (4,), 1, generator=gen(29)).double()
+    with torch.no_grad():
+        next(diverged.parameters())[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="parameters are not finite"):
+        ntk.empirical_ntk(diverged, x)
+
+
 def test_analytic_ntk_of_a_linear_model_and_of_a_one_hidden_layer_relu_net():
     """Closed forms, written in numpy: Θ(x, x') = xᵀx' + 1 for f = wᵀx + b; for f = vᵀ relu(Wx + a) + c,
     Θ = relu(Wx + a)ᵀ relu(Wx' + a) + 1 + Σ_h v_h² 1[h active at x] 1[h active at x'] (xᵀx' + 1)."""

@@ -137,6 +137,28 @@ class Scale(nn.Module):
         return (x * self.scale).sum(dim=1, keepdim=True)
 
 
+class InPlace(nn.Module):
+    """In-place operations on layers' outputs (a ReLU, a residual addition): the recorded signals would be those of
+    the changed tensors unless the NTK notices and copies them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
+        self.head = nn.Linear(3 * 25, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        h.relu_()
+        out = self.norm(h)
+        out += x[:, :1]
+        return self.head(out.relu_().flatten(1))
+
+
+def test_in_place_operations_after_a_layer_are_seen():
+    model = settle(InPlace().double(), torch.randn(20, 2, 5, 5, dtype=torch.float64))
+    check(model, torch.randn(40, 2, 5, 5, dtype=torch.float64))
+
+
 def test_unsupported_layers_are_named(caplog):
     model = nn.Sequential(nn.Linear(2, 2), nn.Tanh(), Scale()).double()
     x = torch.randn(3, 2, dtype=torch.float64)
