@@ -54,6 +54,23 @@ def test_run_hash_is_stable_and_documented():
     assert len({c.run_id() for c in changed} | {REFERENCE.run_id()}) == len(changed) + 1
 
 
+def test_a_small_discrete_space_still_gives_n_hparams_plus_one_distinct_settings():
+    def lrs(values, n_hparams):
+        search = {"lr": {"choice": values}}
+        variants = {"erm_lr": {"algorithm": "erm", "search": search, "overrides": {"weight_decay": 0.0}}}
+        spec = sweep.SweepSpec(("synthetic",), ("erm_lr",), (0,), n_hparams=n_hparams, variants=variants)
+        runs = sweep.plan(spec)
+        return [run.config.hparams["lr"] for run in runs], [run.hparams_index for run in runs]
+
+    values = [0.02, 0.03, 0.04, 0.05, 0.06, 0.07]  # the default lr is 0.01
+    found, indices = lrs(values, 6)  # the first 6 draws of this space repeat one value
+    assert len(found) == 7 and len(set(found)) == 7  # the default and 6 distinct draws
+    assert set(found[1:]) <= set(values) and indices == sorted(indices) and indices[:1] == [0]
+    # fewer values than settings asked for: every value once, and planning ends
+    found, _ = lrs([0.02, 0.03], 6)
+    assert sorted(found) == [0.01, 0.02, 0.03]
+
+
 def test_identical_configs_are_one_run_and_colliding_hashes_are_refused(tmp_path, monkeypatch):
     # nothing searched (lr and weight decay fixed by overrides): the 3 draws equal the defaults -> one run per seed
     spec = sweep.SweepSpec(("synthetic",), ("erm",), (0, 1), n_hparams=3, overrides={"lr": 0.01, "weight_decay": 0.0})
