@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+from collections.abc import Mapping
 from typing import Any
 
 from gradstarve.experiments.execute import (
@@ -27,7 +28,9 @@ def draw_seed(hparams_seed: int, index: int) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
-def _finish(spec: SweepSpec, variant: dict, hparams: dict[str, Any], point: dict | None = None) -> dict[str, Any]:
+def _finish(
+    spec: SweepSpec, variant: Mapping[str, Any], hparams: dict[str, Any], point: dict | None = None
+) -> dict[str, Any]:
     """A setting as it runs: the sweep's and the variant's overrides, a grid point, removals, a step count."""
     hparams.update({k: v for k, v in spec.overrides.items() if k in hparams})
     hparams.update(variant.get("overrides", {}))
