@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from gradstarve import FeatureAnalysis, empirical_ntk, top_features
-from gradstarve.devices import on_device, reuse_host_memory
+from gradstarve.devices import on_device, reuse_host_memory, torch_threads
 from gradstarve.ntk import kernel_diagonal, ntrf
 
 
@@ -73,3 +73,16 @@ def test_reuse_host_memory_keeps_freed_blocks_inside_and_returns_them_on_exit():
     assert kept > 2**27, f"freed memory should stay inside the context, {kept / 2**20:.0f} MB did"
     assert kept_after_inner_exit > 2**27, "the inner exit should not give memory back"
     assert returned < 2**26, f"memory should be returned on exit, {returned / 2**20:.0f} MB was kept"
+
+
+def test_torch_threads_holds_inside_and_restores_even_after_an_error():
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError, match="inside"), torch_threads(1):
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="positive integer"), torch_threads(bad):
+            pass

@@ -71,6 +71,23 @@ def reuse_host_memory() -> Iterator[None]:
                 libc.malloc_trim(0)
 
 
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch's intra-op CPU threads set to ``count`` inside, the previous number restored on exit (even on an error).
+
+    For small problems, whose many tiny parallel regions gain little from more threads and, when another process
+    shares the cores (a niced campaign beside it), stall at every region waiting for a descheduled thread; the
+    measurement that chose one thread for the two-moons runs is in ``benchmarks/README.md``."""
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` (CUDA when available, else the CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` as a checked
     ``torch.device``: an accelerator that is not there is a clear error, not a failure deep inside torch."""

@@ -24,6 +24,7 @@ import pandas as pd
 from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure
 
+from gradstarve.devices import torch_threads
 from gradstarve.experiments.compare import plus_minus
 from gradstarve.experiments.reproduce._output import save_figure, save_table
 from gradstarve.experiments.reproduce.base import Progress, Reproduction, evidence, pngs
@@ -63,8 +64,15 @@ class MoonsReport:
 def run_two_moons(
     config: MoonsReproduction | None = None, progress: Callable[[str, int, int], None] | None = None
 ) -> MoonsReport:
-    """Train every setting of the chosen figures (seeds batched) and tabulate margins, accuracy and final |z|."""
-    config = config or MoonsReproduction()
+    """Train every setting of the chosen figures (seeds batched) and tabulate margins, accuracy and final |z|, on
+    one CPU thread (restored afterwards: :func:`gradstarve.devices.torch_threads`): the matrices are small, and with
+    two threads a run beside another process on the same cores is several times slower."""
+    with torch_threads(1):
+        return _run_two_moons(config or MoonsReproduction(), progress)
+
+
+def _run_two_moons(config: MoonsReproduction, progress: Callable[[str, int, int], None] | None) -> MoonsReport:
+    """:func:`run_two_moons` on the current threads."""
     if config.quick and config.seeds == MoonsReproduction().seeds:
         config = replace(config, seeds=(0, 1, 2))
     k = max(config.features)

@@ -268,11 +268,7 @@ def reproduce(
     afterwards) because its small matrices gain nothing from more."""
     if not quick:
         return reproduce_colored_mnist(ColoredMNISTSetup(), out_dir, data_root=data_root, device="auto")
-    import torch
+    from gradstarve.devices import torch_threads
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         return reproduce_colored_mnist(ColoredMNISTSetup.quick_setup(), out_dir, data_root=data_root, device="auto")
-    finally:
-        torch.set_num_threads(threads)
