@@ -11,7 +11,9 @@ A sweep folder holds
 
 Hyperparameters (DomainBed's protocol): setting 0 is :func:`gradstarve.hparams.default_hparams`; settings
 ``1..n_hparams`` are :func:`gradstarve.hparams.random_hparams` draws seeded by ``(hparams_seed, i)``, the same draw for
-every trial seed, so a setting's seeds can be averaged. ``overrides`` (and ``steps``) then apply to every setting.
+every trial seed, so a setting's seeds can be averaged; where draws repeat an earlier setting (a small discrete space),
+draws ``n_hparams + 1, ...`` that are new (with the overrides applied) are added until there are ``n_hparams + 1``
+settings. ``overrides`` (and ``steps``) apply to every setting.
 
 Launching (:func:`launch`) skips finished runs (a ``done`` marker), resumes a run killed mid-way from its last
 checkpoint (train.py drops any metrics line newer than the checkpoint, so no line is ever duplicated), and holds an
