@@ -77,6 +77,15 @@ def test_cnn_with_strided_conv_and_a_sizeable_linear_layer():
     check(model, x, chunk_size=2)
 
 
+def test_conv2d_with_uneven_kernel_stride_padding_dilation_and_groups():
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(2, 1), groups=2), nn.ReLU(),
+        nn.Conv2d(4, 3, 1, stride=(1, 2)), nn.Flatten(), nn.Linear(3 * 3 * 4, 2),
+    ).double()  # fmt: skip
+    x = torch.randn(6, 2, 7, 5, dtype=torch.float64)
+    check(model, x)
+
+
 def test_batch_norm_layer_norm_group_norm_and_conv1d_with_several_outputs():
     model = nn.Sequential(
         nn.Conv1d(3, 4, 3, dilation=2), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 4, 2, groups=2),
