@@ -317,23 +317,22 @@ def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Mod
             width = sum(size for size, flag in zip(sizes, is_factored, strict=True) if not flag)
             dense = torch.empty(n, c, width, dtype=x.dtype, device=x.device) if width else None
             for i, delta, flag in zip(order, deltas, is_factored, strict=True):
-                if flag:
+                if flag:  # h = (layer input if the weight is trainable, 1 if the bias is)
+                    columns = layers[i].in_features if layers[i].weight.requires_grad else 0
                     bias = layers[i].bias is not None and layers[i].bias.requires_grad
-                    inner = (layers[i].in_features if layers[i].weight.requires_grad else 0) + int(bias)
-                    h = torch.empty(n, inner, dtype=x.dtype, device=x.device)
+                    h = torch.empty(n, columns + int(bias), dtype=x.dtype, device=x.device)
+                    h[:, columns:] = 1  # the bias column, once for every example
                     factored.append(_Factored(h, torch.empty(n, *delta.shape[1:], dtype=x.dtype, device=x.device)))
             recorded = sum(inputs[i][0].numel() + delta[0].numel() for i, delta in zip(order, deltas, strict=True))
             batch = max(rows.stop, _PASS_NUMBERS // max(1, recorded))
         offset, slot = 0, 0
         for i, delta, flag, size in zip(order, deltas, is_factored, sizes, strict=True):
             layer = layers[i]
-            if flag:  # the factors (h, 1) and δ of a Linear layer
+            if flag:  # the factors h (its bias column is set) and δ of a Linear layer
                 target = factored[slot]
                 slot += 1
                 if layer.weight.requires_grad:
                     target.h[rows, : layer.in_features] = inputs[i]
-                if target.h.shape[1] > (layer.in_features if layer.weight.requires_grad else 0):
-                    target.h[rows, -1] = 1
                 target.delta[rows] = delta
                 continue
             assert dense is not None
