@@ -13,7 +13,7 @@ from torch import nn
 
 from gradstarve import ntk
 from gradstarve.models.resnet import BasicBlock, build_resnet
-from gradstarve.ntk_structured import UnsupportedLayerError, unsupported_layer
+from gradstarve.ntk_structured import UnsupportedLayerError, gram_sum_into, unsupported_layer
 
 
 def jacobian_gram(model: nn.Module, x: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
@@ -244,3 +244,26 @@ def test_the_matrix_free_layerwise_products_need_the_features_to_fit(monkeypatch
     np.testing.assert_allclose(matvec(v), expected, rtol=1e-10)
     with pytest.raises(UnsupportedLayerError, match="Scale"):
         ntk.kernel_operator(nn.Sequential(nn.Linear(2, 2), Scale()).double(), x[:, 0, :2], method="layerwise")
+
+
+def test_gram_sum_into_writes_a_weighted_sum_of_hadamard_products_into_a_strided_view():
+    rng = np.random.default_rng(0)
+    rows = [rng.normal(size=(3, 4)), rng.normal(size=(3, 2)), rng.normal(size=(3, 5)), rng.normal(size=(3, 1))]
+    cols = [rng.normal(size=(6, 4)), rng.normal(size=(6, 2)), rng.normal(size=(6, 5)), rng.normal(size=(6, 1))]
+    # terms: (L0 L0'^T) (a factor of ones), 2.5 (L1 L1'^T) ⊙ (R1 R1'^T), then the first without weight again
+    expected = rows[0] @ cols[0].T + 2.5 * (rows[1] @ cols[1].T) * (rows[2] @ cols[2].T) + rows[3] @ cols[3].T
+    kernel = torch.full((5, 10), float("nan"), dtype=torch.float64)
+    view = kernel[1:4, 2:8]  # rows of stride 10: the result must land in place, the rest untouched
+    t = [torch.from_numpy(a) for a in rows + cols]
+    result = gram_sum_into(view, [(t[0], None), (t[1], t[2]), (t[3], None)], [(t[4], None), (t[5], t[6]), (t[7], None)],
+                           [1.0, 2.5, 1.0])  # fmt: skip
+    assert result.data_ptr() == view.data_ptr()
+    np.testing.assert_allclose(kernel[1:4, 2:8].numpy(), expected, rtol=1e-13)
+    outside = torch.ones_like(kernel, dtype=torch.bool)
+    outside[1:4, 2:8] = False
+    assert kernel[outside].isnan().all()
+    # a Hadamard term first (written, not added), and a weighted plain term after it
+    first = gram_sum_into(torch.empty(3, 6, dtype=torch.float64), [(t[1], t[2]), (t[0], None)],
+                          [(t[5], t[6]), (t[4], None)], [1.0, -3.0])  # fmt: skip
+    np.testing.assert_allclose(first.numpy(), (rows[1] @ cols[1].T) * (rows[2] @ cols[2].T) - 3 * rows[0] @ cols[0].T,
+                               rtol=1e-13)  # fmt: skip

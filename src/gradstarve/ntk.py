@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,10 +45,14 @@ from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from gradstarve.devices import on_device, reuse_host_memory
 from gradstarve.ntk_structured import (
+    GramTerm,
     UnsupportedLayerError,
+    gram_sum_into,
+    mirror_upper,
     structured_diagonal,
     structured_ntk,
     structured_operator,
+    symmetric_rows,
     unsupported_layer,
 )
 
@@ -262,31 +265,34 @@ def _layer_features(modules: list[nn.Module], x: torch.Tensor, dtype: torch.dtyp
     return features
 
 
-def _layerwise_block(
-    rows: list[_LayerFeatures], cols: list[_LayerFeatures], n_outputs: int, multi_output: MultiOutput
-) -> torch.Tensor:
-    """NTK block between two sets of examples from their layer features: Σ_l (h·h') ⊙ (δ·δ')."""
-    full = n_outputs > 1 and multi_output == "full"
+def _full_block(rows: list[_LayerFeatures], cols: list[_LayerFeatures], n_outputs: int) -> torch.Tensor:
+    """``(nr, nc, c, c)`` block of the full multi-output NTK from the layer features: Σ_l (h·h') ⊙ (δ_a·δ'_b)."""
     block = None
     for row, col in zip(rows, cols, strict=True):
         inner = row.h @ col.h.T  # the column of ones adds the bias term (+1)
-        if row.delta is None:  # output layer: δ·δ' = δ_ab
-            if full:
-                term = torch.zeros(*inner.shape, n_outputs, n_outputs, dtype=inner.dtype, device=inner.device)
-                term.diagonal(dim1=2, dim2=3).copy_(inner[:, :, None].expand(-1, -1, n_outputs))
-            else:
-                term = inner if n_outputs == 1 else inner.mul_(n_outputs)  # trace: Σ_a δ_aa = c
-            block = term if block is None else block.add_(term)
-        elif full:
-            signal = torch.einsum("iad,jbd->ijab", row.delta, col.delta).mul_(inner[:, :, None, None])
-            block = signal if block is None else block.add_(signal)
+        if row.delta is None:  # output layer: δ_a·δ'_b = δ_ab
+            term = torch.zeros(*inner.shape, n_outputs, n_outputs, dtype=inner.dtype, device=inner.device)
+            term.diagonal(dim1=2, dim2=3).copy_(inner[:, :, None].expand(-1, -1, n_outputs))
         else:
-            signal = row.delta.flatten(1) @ col.delta.flatten(1).T  # Σ_a δ_a · δ'_a
-            if block is None:
-                block = signal.mul_(inner)
-            else:
-                block.addcmul_(signal, inner)  # fused: one pass over the block instead of two
+            term = torch.einsum("iad,jbd->ijab", row.delta, col.delta).mul_(inner[:, :, None, None])
+        block = term if block is None else block.add_(term)
+    assert block is not None
     return block
+
+
+def _block_into(out: torch.Tensor, rows: list[_LayerFeatures], cols: list[_LayerFeatures], n_outputs: int) -> None:
+    """Write the NTK block between two sets of examples into ``out``: ``(nr, nc)`` (one output, or the trace over
+    outputs) in place, Σ_l (h·h') ⊙ (Σ_a δ_a·δ'_a), or ``(nr, nc, c, c)`` by assignment."""
+    if out.ndim == 4:
+        out.copy_(_full_block(rows, cols, n_outputs))
+        return
+
+    def terms(features: list[_LayerFeatures]) -> list[GramTerm]:
+        return [(f.h, None if f.delta is None else f.delta.flatten(1)) for f in features]
+
+    # the output layer's signal is the identity: its trace Σ_a δ_aa is c
+    scales = [float(n_outputs) if f.delta is None else 1.0 for f in rows]
+    gram_sum_into(out, terms(rows), terms(cols), scales)
 
 
 def _layerwise_ntk(
@@ -306,24 +312,14 @@ def _layerwise_ntk(
     shape = (n, n2) if n_outputs == 1 or multi_output == "trace" else (n, n2, n_outputs, n_outputs)
     kernel = torch.empty(shape, dtype=dtype, device=x.device)
     chunk = _default_chunk(n, n2, chunk_size)
-    if symmetric and chunk_size is None and n > 1024:
-        # ~10 row blocks: the computed part (blocks from the diagonal on) is then 55 % of the full matrix (4 blocks:
-        # 62.5 %), while 512+ rows per block keep the products efficient (5,000 examples: 1.14 s -> 1.00 s)
-        chunk = min(chunk, max(512, math.ceil(n / 10)))
-    for rows in _chunks(n, chunk):
-        if symmetric:  # compute the block row from the diagonal on, and mirror it below the diagonal
+    if symmetric:  # the row blocks from the diagonal on, written in place, then mirrored
+        size = chunk if chunk_size is not None else symmetric_rows(n, chunk)
+        for rows in _chunks(n, size):
             upper = slice(rows.start, n2)
-            block = _layerwise_block(
-                [f.rows(rows) for f in cols], [f.rows(upper) for f in cols], n_outputs, multi_output
-            )
-            width = rows.stop - rows.start  # make the diagonal block exactly symmetric (rounding differs per side)
-            diagonal = block[:, :width]
-            mirrored = diagonal.transpose(0, 1) if block.ndim == 2 else diagonal.permute(1, 0, 3, 2)
-            block[:, :width] = (diagonal + mirrored) / 2
-            kernel[rows, upper] = block
-            kernel[upper, rows] = block.transpose(0, 1) if block.ndim == 2 else block.permute(1, 0, 3, 2)
-        else:
-            kernel[rows] = _layerwise_block(_layer_features(modules, x[rows], dtype), cols, n_outputs, multi_output)
+            _block_into(kernel[rows, upper], [f.rows(rows) for f in cols], [f.rows(upper) for f in cols], n_outputs)
+        return mirror_upper(kernel, size)
+    for rows in _chunks(n, chunk):
+        _block_into(kernel[rows], _layer_features(modules, x[rows], dtype), cols, n_outputs)
     return kernel
 
 

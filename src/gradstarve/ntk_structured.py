@@ -34,7 +34,7 @@ Exact: the same numbers as the plain per-example Jacobian Gram (float64 agreemen
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +50,9 @@ _CHUNK_NUMBERS = 2**26
 #: the size of its first mini-batch, which measures them.
 _PASS_NUMBERS = 2**20
 _FIRST_PASS = 16
+#: Row blocks of a symmetric kernel, and the fewest rows of one (:func:`symmetric_rows`).
+_SYMMETRIC_BLOCKS = 8
+_SYMMETRIC_ROWS = 256
 
 
 def _available_bytes(device: torch.device) -> int | None:
@@ -343,30 +346,94 @@ def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Mod
     return _Features(dense, factored)
 
 
-def _block(rows: _Features, cols: _Features, full: bool) -> torch.Tensor:
-    """Σ over parameter tensors of the NTK between two chunks: ``(nr, nc)`` (single output or trace) or
-    ``(nr, nc, c, c)``."""
-    if rows.dense is None:
-        block = None
-    elif full:
-        block = torch.einsum("iap,jbp->ijab", rows.dense, cols.dense)
-    else:
-        block = rows.dense.flatten(1) @ cols.dense.flatten(1).T
-    for row, col in zip(rows.factored, cols.factored, strict=True):
-        inner = row.h @ col.h.T
-        if full:
-            term = torch.einsum("iad,jbd->ijab", row.delta, col.delta).mul_(inner[:, :, None, None])
+#: A term of a kernel sum as seen from one side: ``(L, R)`` with ``L`` ``(n, k)`` and ``R`` ``(n, k')`` or ``None``
+#: (a factor of ones); the term between two sets of examples is ``(L L'^T) ⊙ (R R'^T)``.
+GramTerm = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def gram_sum_into(
+    out: torch.Tensor, rows: Sequence[GramTerm], cols: Sequence[GramTerm], scales: Sequence[float] | None = None
+) -> torch.Tensor:
+    """Write ``Σ_t s_t (L_t L'_t^T) ⊙ (R_t R'_t^T)`` into ``out`` ``(nr, nc)`` in place and return it.
+
+    ``rows[t] = (L_t, R_t)`` for the rows' examples, ``cols[t]`` for the columns', ``R_t = None`` for a factor of
+    ones; ``scales``: one per term (default 1). ``out`` may be a strided view of a larger kernel: the first
+    term's products go straight into it, the others' into two scratch blocks reused term after term, so a block
+    costs its matrix products and one pass over it per term, no copy of it."""
+    if not rows:
+        raise ValueError("gram_sum_into needs at least one term")
+    inner: torch.Tensor | None = None
+    signal: torch.Tensor | None = None
+    for index, ((left, right), (left2, right2)) in enumerate(zip(rows, cols, strict=True)):
+        scale = 1.0 if scales is None else scales[index]
+        if right is None or right2 is None:
+            if index == 0:
+                torch.mm(left, left2.T, out=out)
+                if scale != 1:
+                    out.mul_(scale)
+            else:
+                out.addmm_(left, left2.T, alpha=scale)
+            continue
+        inner = torch.mm(left, left2.T, out=inner)
+        signal = torch.mm(right, right2.T, out=signal)
+        if scale != 1:
+            signal.mul_(scale)
+        if index == 0:
+            torch.mul(inner, signal, out=out)
         else:
-            term = (row.delta.flatten(1) @ col.delta.flatten(1).T).mul_(inner)
+            out.addcmul_(inner, signal)  # fused: one pass over the block instead of two
+    return out
+
+
+def _terms(features: _Features) -> list[GramTerm]:
+    """The kernel terms of a chunk's features (one output, or the trace over outputs: the outputs flattened in)."""
+    dense = [] if features.dense is None else [(features.dense.flatten(1), None)]
+    return dense + [(f.h, f.delta.flatten(1)) for f in features.factored]
+
+
+def _block(rows: _Features, cols: _Features) -> torch.Tensor:
+    """``(nr, nc, c, c)`` block of the full multi-output kernel between two chunks: Σ over parameter tensors."""
+    block = None if rows.dense is None else torch.einsum("iap,jbp->ijab", rows.dense, cols.dense)
+    for row, col in zip(rows.factored, cols.factored, strict=True):
+        term = torch.einsum("iad,jbd->ijab", row.delta, col.delta).mul_((row.h @ col.h.T)[:, :, None, None])
         block = term if block is None else block.add_(term)
     assert block is not None  # a model with trainable parameters has at least one term
     return block
+
+
+def _block_into(out: torch.Tensor, rows: _Features, cols: _Features) -> None:
+    """Write the kernel block between two chunks into ``out``: ``(nr, nc)`` (one output or the trace) in place,
+    ``(nr, nc, c, c)`` by assignment."""
+    if out.ndim == 2:
+        gram_sum_into(out, _terms(rows), _terms(cols))
+    else:
+        out.copy_(_block(rows, cols))
 
 
 def _mirror(block: torch.Tensor) -> torch.Tensor:
     """The block of the kernel with rows and columns swapped: ``(nr, nc) -> (nc, nr)``, ``(nr, nc, c, c) -> (nc, nr,
     c, c)`` with the outputs swapped too."""
     return block.transpose(0, 1) if block.ndim == 2 else block.permute(1, 0, 3, 2)
+
+
+def symmetric_rows(n: int, limit: int | None = None) -> int:
+    """Rows per block of a symmetric ``n x n`` kernel of which only the blocks from the diagonal on are computed:
+    about an eighth of ``n`` (56 % of the products), but at least :data:`_SYMMETRIC_ROWS` (thinner blocks make
+    slower products), and at most ``limit``."""
+    size = max(_SYMMETRIC_ROWS, -(-n // _SYMMETRIC_BLOCKS))
+    return size if limit is None else max(1, min(size, limit))
+
+
+def mirror_upper(kernel: torch.Tensor, size: int) -> torch.Tensor:
+    """Complete a symmetric kernel ``(n, n)`` or ``(n, n, c, c)`` whose row blocks of ``size`` rows are computed
+    from the diagonal block on: each diagonal block is made exactly symmetric (the mean of its two sides, whose
+    rounding differs) and the blocks right of it are mirrored below it. Returns ``kernel``."""
+    n = kernel.shape[0]
+    for rows in _chunks(n, size):
+        diagonal = kernel[rows, rows]
+        diagonal.copy_((diagonal + _mirror(diagonal)) / 2)
+        kernel[rows.stop :, rows] = _mirror(kernel[rows, rows.stop :])
+    return kernel
 
 
 def _chunks(n: int, size: int) -> Iterator[slice]:
@@ -402,36 +469,24 @@ def structured_ntk(
     shape = (n, n2, c, c) if full else (n, n2)
     kernel = torch.empty(shape, dtype=x.dtype, device=x.device)
     if whole or (chunk >= n2 and (symmetric or chunk >= n)):
-        # Every example's features fit in one chunk: compute them once, then the kernel in row blocks; in the
-        # symmetric case only the blocks from the diagonal on (8 blocks: 56 % of the products) and mirror them.
+        # Every example's features fit in one chunk: compute them once, then the kernel in row blocks, written in
+        # place; in the symmetric case only the blocks from the diagonal on, then mirrored.
         cols = _features(model, params, buffers, layers, x2)
         rows_all = cols if symmetric else _features(model, params, buffers, layers, x)
-        size = max(64, -(-n // 8)) if symmetric else n
+        size = symmetric_rows(n) if symmetric else n
         for rows_slice in _chunks(n, size):
             upper = slice(rows_slice.start, n2) if symmetric else slice(0, n2)
-            block = _block(rows_all.take(rows_slice), cols.take(upper), full)
-            if symmetric:
-                width = rows_slice.stop - rows_slice.start
-                diagonal = block[:, :width]
-                block[:, :width] = (diagonal + _mirror(diagonal)) / 2
-                kernel[upper, rows_slice] = _mirror(block)
-            kernel[rows_slice, upper] = block
-        return kernel
-    col_chunks = list(_chunks(n2, chunk))
-    for cols_slice in col_chunks:
+            _block_into(kernel[rows_slice, upper], rows_all.take(rows_slice), cols.take(upper))
+        return mirror_upper(kernel, size) if symmetric else kernel
+    for cols_slice in _chunks(n2, chunk):
         cols = _features(model, params, buffers, layers, x2[cols_slice])
         for rows_slice in _chunks(n, chunk):
             if symmetric and rows_slice.start > cols_slice.start:
                 break  # the lower blocks are mirrored from the upper ones
             same = symmetric and rows_slice == cols_slice
             rows = cols if same else _features(model, params, buffers, layers, x[rows_slice])
-            block = _block(rows, cols, full)
-            if same:  # exactly symmetric diagonal blocks
-                block = (block + _mirror(block)) / 2
-            kernel[rows_slice, cols_slice] = block
-            if symmetric and not same:
-                kernel[cols_slice, rows_slice] = _mirror(block)
-    return kernel
+            _block_into(kernel[rows_slice, cols_slice], rows, cols)
+    return mirror_upper(kernel, chunk) if symmetric else kernel
 
 
 def structured_diagonal(
