@@ -238,7 +238,8 @@ def _layer_features(modules: list[nn.Module], x: torch.Tensor, dtype: torch.dtyp
             else:
                 z = h.detach().requires_grad_(True)
                 with torch.enable_grad():
-                    out = module(z.clone())  # clone: in-place activations (ReLU(inplace=True)) need a non-leaf
+                    # an in-place activation (ReLU(inplace=True)) needs a non-leaf input: a clone, only for those
+                    out = module(z.clone() if getattr(module, "inplace", False) else z)
                     # element-wise: the gradient of the sum is the diagonal of the Jacobian, φ'(z)
                     (derivative,) = torch.autograd.grad(out.sum(), z)
                 derivatives.append(derivative)

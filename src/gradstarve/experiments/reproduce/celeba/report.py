@@ -61,7 +61,12 @@ def celeba_notes(
         "(the full CelebA used by the paper: 162,770 and 1,387); validation and test are the official splits' "
         "images present in the copy. Numbers are not directly comparable with the paper's.",
         f"Model: {preset.description}"
-        + (f", at {resolution} x {resolution}" if resolution != preset.resolution else "")
+        + (
+            f"; run here at {resolution} x {resolution} instead of the preset's {preset.resolution} x "
+            f"{preset.resolution} (`--resolution {resolution}`)"
+            if resolution != preset.resolution
+            else ""
+        )
         + " (paper: ResNet-50 at 224 x 224).",
         "Pretraining: "
         + (
