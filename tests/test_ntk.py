@@ -79,7 +79,7 @@ def test_chunked_equals_unchunked(method):
 def test_large_symmetric_layerwise_uses_triangular_blocks_correctly():
     model = MLP(3, (8,), 1, generator=gen(12)).double()
     x = torch.randn(1500, 3, dtype=torch.float64, generator=gen(13))
-    kernel = ntk.empirical_ntk(model, x)  # n > 1024: several row blocks, lower triangle mirrored
+    kernel = ntk.empirical_ntk(model, x)  # 1,500 examples: 6 row blocks, lower triangle mirrored
     assert torch.equal(kernel, kernel.T)
     rows = torch.arange(0, 1500, 97)
     assert_close(kernel[rows][:, rows], reference_ntk(model, x[rows]))

@@ -24,7 +24,8 @@ gradients are materialised per example and chunk, side by side in one ``(chunk, 
 block of the kernel takes one matrix product for all of them; a chunk's are recomputed for each
 block of the kernel they enter, so memory is bounded by the chunk size, not by ``n x P``. The default chunk holds a
 third of the memory available when the kernel starts (:func:`feature_budget`): when all ``n`` examples fit, their
-features are computed once.
+features are computed once. Each block of the kernel is written in place into the output (:func:`gram_sum_into`); of
+a symmetric kernel only the row blocks from the diagonal on are computed, then mirrored (:func:`mirror_upper`).
 
 :func:`structured_operator` keeps every example's features (when they fit) for matrix-free products ``K v``.
 
@@ -572,10 +573,14 @@ def structured_operator(
 
 __all__ = [
     "SUPPORTED",
+    "GramTerm",
     "UnsupportedLayerError",
     "feature_budget",
+    "gram_sum_into",
+    "mirror_upper",
     "structured_diagonal",
     "structured_ntk",
     "structured_operator",
+    "symmetric_rows",
     "unsupported_layer",
 ]
