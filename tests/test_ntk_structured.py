@@ -86,6 +86,24 @@ def test_conv2d_with_uneven_kernel_stride_padding_dilation_and_groups():
     check(model, x)
 
 
+class KeywordConv(nn.Conv2d):
+    """A Conv2d subclass that passes its settings by keyword: its convolution is not the call ``nn.Conv2d`` makes,
+    so its patches come from its recorded input instead of its forward pass."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.conv2d(
+            x, self.weight, self.bias, stride=self.stride, padding=self.padding, dilation=self.dilation
+        )
+
+
+def test_convs_with_one_output_position_and_convs_called_by_keyword():
+    model = nn.Sequential(
+        nn.Conv2d(2, 4, 3), nn.Tanh(), nn.Conv2d(4, 4, 1, groups=2), nn.ReLU(),  # 3 x 3 input: one position
+        KeywordConv(4, 3, 1), nn.Flatten(), nn.Linear(3, 2),
+    ).double()  # fmt: skip
+    check(model, torch.randn(9, 2, 3, 3, dtype=torch.float64))
+
+
 def test_batch_norm_layer_norm_group_norm_and_conv1d_with_several_outputs():
     model = nn.Sequential(
         nn.Conv1d(3, 4, 3, dilation=2), nn.BatchNorm1d(4), nn.ReLU(), nn.Conv1d(4, 4, 2, groups=2),

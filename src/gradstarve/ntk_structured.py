@@ -10,7 +10,8 @@ Kernel"), without forming the ``(n, P)`` Jacobian of the whole network:
   one-output layer, whose gradient is no larger than its factors, is materialised like the layers below);
 * ``nn.Conv1d`` / ``nn.Conv2d`` (zero padding, any stride, dilation, groups): ``∂f_a/∂W = Σ_p δ_{a,p} u_p^T`` over
   output positions ``p``, with ``u_p`` the input patch (``F.unfold``, the conv-as-matmul identity), one product
-  per example and group; ``∂f_a/∂b = Σ_p δ_{a,p}``;
+  per example and group; ``∂f_a/∂b = Σ_p δ_{a,p}``. The forward pass computes the convolution itself from the
+  same patches (:class:`_ConvsFromPatches`), so they are formed once;
 * ``nn.BatchNorm1d/2d/3d`` in eval mode with running statistics (``y = γ x̂ + β``, ``x̂`` from the running mean and
   variance), ``nn.LayerNorm`` and ``nn.GroupNorm`` (``x̂`` per example): ``∂f_a/∂γ = Σ δ_a ⊙ x̂`` and
   ``∂f_a/∂β = Σ δ_a`` over the dimensions a parameter is shared across;
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.overrides import TorchFunctionMode
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm)
 SUPPORTED: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, *_NORMS)
@@ -186,20 +188,117 @@ def _patches(h: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple, dila
     return windows.reshape(n, channels * kernel[0] * kernel[1], out_h * out_w)
 
 
-def _conv_weight_grad(module: nn.Module, h: torch.Tensor, delta: torch.Tensor, out: torch.Tensor) -> None:
+def _conv_geometry(module: nn.Module) -> tuple[tuple, tuple, tuple, tuple]:
+    """Kernel size, stride, padding and dilation of a conv layer as a 2-d convolution (a Conv1d is one of height 1)."""
+    if isinstance(module, nn.Conv1d):
+        return (
+            (1, *module.kernel_size),
+            (1, *module.stride),
+            (0, *module.padding),
+            (1, *module.dilation),
+        )
+    return module.kernel_size, module.stride, module.padding, module.dilation
+
+
+def _conv_patches(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The input patches ``(n, C_in · k, L)`` of a conv layer's input ``h`` ``(n, C_in, *spatial)``, ``L`` output
+    positions."""
+    return _patches(h.unsqueeze(2) if isinstance(module, nn.Conv1d) else h, *_conv_geometry(module))
+
+
+class _ConvFromPatches(torch.autograd.Function):
+    """A convolution computed as one product of its weight with its input patches, which the per-example weight
+    gradients then reuse; the backward pass is torch's convolution backward for the input. The weight and bias are
+    constants here (:func:`_signals` differentiates with respect to layer outputs only), so they get no gradient.
+
+    Torch's float64 CPU convolution (``slow_conv2d``, no MKL-DNN path) unfolds each example again and multiplies
+    it on its own; with the patches at hand, one batched product over the mini-batch is faster (measured in
+    ``benchmarks/README.md``)."""
+
+    @staticmethod
+    def forward(ctx, h, weight, bias, patches, module):  # type: ignore[override]
+        n, groups, out_channels = h.shape[0], module.groups, weight.shape[0]
+        out_shape = [
+            (size + 2 * pad - dil * (k - 1) - 1) // st + 1
+            for size, k, st, pad, dil in zip(
+                h.shape[2:], module.kernel_size, module.stride, module.padding, module.dilation, strict=True
+            )
+        ]
+        # the output is not a view of the product (autograd forbids in-place changes of a view made in here)
+        out = torch.empty(n, out_channels, *out_shape, dtype=h.dtype, device=h.device)
+        if groups == 1 and patches.shape[2] == 1:
+            # one output position (a deep layer on a small image): one product for the mini-batch, not a
+            # matrix-vector product per example (several times slower on the ResNet's last stage, measured)
+            torch.mm(patches.view(n, -1), weight.reshape(out_channels, -1).T, out=out.view(n, out_channels))
+        else:
+            flat = weight.reshape(groups, out_channels // groups, -1)  # (g, C_out/g, C_in/g·k)
+            product = out.view(n, groups, out_channels // groups, -1)  # (n, g, C_out/g, L)
+            torch.matmul(flat, patches.reshape(n, groups, flat.shape[2], -1), out=product)
+        if bias is not None:
+            out += bias.view(-1, *(1,) * (out.ndim - 2))
+        ctx.save_for_backward(h, weight)
+        ctx.module = module
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        h, weight = ctx.saved_tensors
+        module = ctx.module
+        # torch's own input gradient: faster than the transposed product and a col2im of ours (measured)
+        (grad_h, _, _) = torch.ops.aten.convolution_backward(
+            grad_out,
+            h,
+            weight,
+            None,
+            list(module.stride),
+            list(module.padding),
+            list(module.dilation),
+            False,
+            [0] * len(module.stride),
+            module.groups,
+            [True, False, False],
+        )
+        return grad_h, None, None, None, None
+
+
+class _ConvsFromPatches(TorchFunctionMode):
+    """Within :func:`_signals`' forward pass: each recorded conv layer's convolution computed by
+    :class:`_ConvFromPatches`, its patches kept in ``patches`` by layer index.
+
+    A layer's forward pre-hook announces it (:meth:`expect`); the next convolution is taken over only if it is the
+    one ``nn.Conv1d`` / ``nn.Conv2d`` makes, of the layer's own input with the layer's own settings. Any other (a
+    subclass that transforms its input first, a convolution outside the recorded layers) runs as it is, and the
+    layer's patches are then taken from its recorded input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patches: dict[int, torch.Tensor] = {}
+        self._pending: tuple[int, nn.Module, torch.Tensor] | None = None
+
+    def expect(self, index: int, module: nn.Module, h: torch.Tensor) -> None:
+        """Layer ``index`` is about to convolve its input ``h``."""
+        self._pending = (index, module, h)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is nn.functional.conv2d or func is nn.functional.conv1d:
+            pending, self._pending = self._pending, None
+            if pending is not None and not kwargs and len(args) == 7:
+                index, module, h = pending
+                settings = (module.stride, module.padding, module.dilation, module.groups)
+                constants = not any(t is not None and t.requires_grad for t in args[1:3])
+                if args[0] is h and args[1].shape == module.weight.shape and tuple(args[3:]) == settings and constants:
+                    self.patches[index] = _conv_patches(module, h.detach())
+                    return _ConvFromPatches.apply(h, args[1], args[2], self.patches[index], module)
+        return func(*args, **kwargs)
+
+
+def _conv_weight_grad(module: nn.Module, patches: torch.Tensor, delta: torch.Tensor, out: torch.Tensor) -> None:
     """Per-example, per-output ``∂f_a/∂W`` of a conv layer, ``(n, c, *W.shape)`` flattened, written into ``out``
     ``(n, c, |W|)`` (a slice of the features tensor): one batched product per output and group, straight into place.
 
-    ``h``: the layer's input ``(n, C_in, *spatial)``; ``delta``: ``(n, c, C_out, *out_spatial)``."""
-    one_d = isinstance(module, nn.Conv1d)
-    if one_d:  # a Conv1d is a Conv2d of height 1
-        h = h.unsqueeze(2)
-        delta = delta.unsqueeze(3)
-    kernel = (1, *module.kernel_size) if one_d else module.kernel_size
-    stride = (1, *module.stride) if one_d else module.stride
-    padding = (0, *module.padding) if one_d else module.padding
-    dilation = (1, *module.dilation) if one_d else module.dilation
-    patches = _patches(h, kernel, stride, padding, dilation)  # (n, C_in·k, L)
+    ``patches``: the layer's input patches ``(n, C_in · k, L)`` (:func:`_conv_patches`); ``delta``: ``(n, c, C_out,
+    *out_spatial)``."""
     n, c, out_channels = delta.shape[:3]
     groups = module.groups
     patches = patches.reshape(n, groups, patches.shape[1] // groups, patches.shape[2])  # (n, g, C_in/g·k, L)
@@ -223,9 +322,12 @@ def _conv_weight_grad(module: nn.Module, h: torch.Tensor, delta: torch.Tensor, o
                 place[:, a, g] = torch.bmm(*product, out=scratch)
 
 
-def _dense_grads(module: nn.Module, h: torch.Tensor, delta: torch.Tensor, out: torch.Tensor) -> None:
+def _dense_grads(
+    module: nn.Module, h: torch.Tensor, delta: torch.Tensor, out: torch.Tensor, patches: torch.Tensor | None
+) -> None:
     """The per-example gradients of ``module``'s trainable parameters (weight, then bias), written side by side
-    into ``out`` ``(n, c, Σ |θ|)``; ``h``: the layer's input, ``delta``: ``(n, c, *output shape)``."""
+    into ``out`` ``(n, c, Σ |θ|)``; ``h``: the layer's input, ``delta``: ``(n, c, *output shape)``; ``patches``: a
+    conv layer's input patches if the forward pass kept them (:class:`_ConvsFromPatches`)."""
     n, c = delta.shape[:2]
     weight = module.weight is not None and module.weight.requires_grad
     bias = module.bias is not None and module.bias.requires_grad
@@ -239,7 +341,8 @@ def _dense_grads(module: nn.Module, h: torch.Tensor, delta: torch.Tensor, out: t
         return
     if isinstance(module, nn.Conv1d | nn.Conv2d):
         if weight:
-            _conv_weight_grad(module, h, delta, out[:, :, :size])
+            patches = _conv_patches(module, h) if patches is None else patches
+            _conv_weight_grad(module, patches, delta, out[:, :, :size])
         if bias:
             out[:, :, size:] = delta.flatten(3).sum(dim=3)
         return
@@ -257,10 +360,9 @@ def _dense_grads(module: nn.Module, h: torch.Tensor, delta: torch.Tensor, out: t
 
 def _signals(
     model: nn.Module, params: dict, buffers: dict, layers: list[nn.Module], x: torch.Tensor, copy: bool
-) -> tuple[list[int], dict[int, torch.Tensor], list[torch.Tensor]] | None:
-    """One forward pass over ``x`` recording each layer's input, one backward pass per output for the signals
-    ``δ``: the indices of ``layers`` in the order they were called, their inputs, and their ``δ`` ``(n, c, *output
-    shape)`` in that order.
+) -> _Passed | None:
+    """One forward pass over ``x`` recording each layer's input (and a conv layer's input patches, computed once
+    for its forward, :class:`_ConvsFromPatches`), one backward pass per output for the signals ``δ``.
 
     ``copy``: record copies of each layer's input and output, so that in-place operations after the layer
     (``ReLU(inplace=True)``, ``out += identity``) change neither the recorded input nor the tensor whose gradient is
@@ -269,6 +371,13 @@ def _signals(
     inputs: dict[int, torch.Tensor] = {}
     outputs: dict[int, torch.Tensor] = {}
     versions: list[tuple[torch.Tensor, int]] = []
+    convolutions = _ConvsFromPatches()
+
+    def announce(index: int) -> Callable:
+        def expect(module: nn.Module, args: tuple) -> None:
+            convolutions.expect(index, module, args[0])
+
+        return expect
 
     def hook(index: int) -> Callable:
         def record(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
@@ -282,10 +391,16 @@ def _signals(
         return record
 
     handles = [layer.register_forward_hook(hook(i)) for i, layer in enumerate(layers)]
+    handles += [
+        layer.register_forward_pre_hook(announce(i))
+        for i, layer in enumerate(layers)
+        if isinstance(layer, nn.Conv1d | nn.Conv2d)
+    ]
     try:
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)  # so that every layer's output is on the graph
-            f = functional_call(model, (params, buffers), (x,)).reshape(x.shape[0], -1)
+            with convolutions:
+                f = functional_call(model, (params, buffers), (x,)).reshape(x.shape[0], -1)
             if any(tensor._version != version for tensor, version in versions):
                 return None  # changed in place after its layer
             missing = [type(layers[i]).__name__ for i in range(len(layers)) if i not in outputs]
@@ -307,7 +422,19 @@ def _signals(
             handle.remove()
     # one output: a view, no copy
     deltas = [parts[0].unsqueeze(1) if len(parts) == 1 else torch.stack(parts, dim=1) for parts in signals]
-    return order, inputs, deltas
+    return _Passed(order, inputs, deltas, convolutions.patches)
+
+
+@dataclass
+class _Passed:
+    """What one forward / backward pass over a mini-batch recorded: the indices of the layers in the order they
+    were called, their inputs, their signals ``δ`` ``(n, c, *output shape)`` in that order, and the input patches
+    of the conv layers whose convolution :class:`_ConvsFromPatches` computed."""
+
+    order: list[int]
+    inputs: dict[int, torch.Tensor]
+    deltas: list[torch.Tensor]
+    patches: dict[int, torch.Tensor]
 
 
 def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Module], x: torch.Tensor) -> _Features:
@@ -329,7 +456,7 @@ def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Mod
             copy = True
             passed = _signals(model, params, buffers, layers, x[rows], copy=True)
             assert passed is not None
-        order, inputs, deltas = passed
+        order, inputs, deltas = passed.order, passed.inputs, passed.deltas
         if rows.start == 0:  # the shapes are known now: allocate every example's features
             c = deltas[0].shape[1]
             is_factored = [_factored(layers[i], inputs[i], c) for i in order]
@@ -356,7 +483,7 @@ def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Mod
                 target.delta[rows] = delta
                 continue
             assert dense is not None
-            _dense_grads(layer, inputs[i], delta, dense[rows, :, offset : offset + size])
+            _dense_grads(layer, inputs[i], delta, dense[rows, :, offset : offset + size], passed.patches.get(i))
             offset += size
         del order, inputs, deltas, passed
         rows = slice(rows.stop, min(n, rows.stop + batch))
