@@ -285,3 +285,13 @@ def test_gram_sum_into_writes_a_weighted_sum_of_hadamard_products_into_a_strided
                           [(t[5], t[6]), (t[4], None)], [1.0, -3.0])  # fmt: skip
     np.testing.assert_allclose(first.numpy(), (rows[1] @ cols[1].T) * (rows[2] @ cols[2].T) - 3 * rows[0] @ cols[0].T,
                                rtol=1e-13)  # fmt: skip
+    # plus_one: 1 added to L L'^T, on a first Hadamard term, a later one and plain terms (first and later)
+    inner, signal = rows[1] @ cols[1].T, rows[2] @ cols[2].T
+    plain = rows[0] @ cols[0].T
+    ones = gram_sum_into(torch.empty(3, 6, dtype=torch.float64), [(t[1], t[2]), (t[0], None), (t[1], t[2])],
+                         [(t[5], t[6]), (t[4], None), (t[5], t[6])], [2.0, -3.0, 0.5], [True, True, True])  # fmt: skip
+    np.testing.assert_allclose(ones.numpy(), 2 * (inner + 1) * signal - 3 * (plain + 1) + 0.5 * (inner + 1) * signal,
+                               rtol=1e-13)  # fmt: skip
+    dense_first = gram_sum_into(torch.empty(3, 6, dtype=torch.float64), [(t[0], None), (t[1], t[2])],
+                                [(t[4], None), (t[5], t[6])], [2.0, 1.0], [True, False])  # fmt: skip
+    np.testing.assert_allclose(dense_first.numpy(), 2 * (plain + 1) + inner * signal, rtol=1e-13)

@@ -212,13 +212,16 @@ def linear_stack(model: nn.Module) -> list[nn.Module] | None:
 class _LayerFeatures:
     """Per linear layer with trainable parameters: its input ``h`` (n, d_in), with a trailing column of ones for a
     trainable bias (just that column if only the bias is trainable), and its back-propagated signal ``delta``
-    (n, c, d_out), or ``None`` for the output layer, whose signal is the identity (``∂f_a/∂z_b = δ_ab``)."""
+    (n, c, d_out), or ``None`` for the output layer, whose signal is the identity (``∂f_a/∂z_b = δ_ab``).
+    ``ones``: the bias's column of ones is not stored in ``h`` (the first layer, whose input is the data: no copy
+    of it), so ``h h'^T`` gets 1 added wherever it is used."""
 
     h: torch.Tensor
     delta: torch.Tensor | None
+    ones: bool = False
 
     def rows(self, index: slice) -> _LayerFeatures:
-        return _LayerFeatures(self.h[index], None if self.delta is None else self.delta[index])
+        return _LayerFeatures(self.h[index], None if self.delta is None else self.delta[index], self.ones)
 
 
 def _layer_features(modules: list[nn.Module], x: torch.Tensor, dtype: torch.dtype) -> list[_LayerFeatures]:
@@ -254,10 +257,13 @@ def _layer_features(modules: list[nn.Module], x: torch.Tensor, dtype: torch.dtyp
             weight_trainable = module.weight.requires_grad
             bias_trainable = module.bias is not None and module.bias.requires_grad
             parts = [inputs[linear_index]] if weight_trainable else []
-            if bias_trainable:
-                parts.append(torch.ones(n, 1, dtype=dtype, device=h.device))
-            if parts:
-                features.append(_LayerFeatures(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], delta))
+            if weight_trainable and bias_trainable and linear_index == 0:
+                features.append(_LayerFeatures(parts[0], delta, ones=True))
+            else:
+                if bias_trainable:
+                    parts.append(torch.ones(n, 1, dtype=dtype, device=h.device))
+                if parts:
+                    features.append(_LayerFeatures(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0], delta))
             if linear_index > 0:
                 weight = module.weight.to(dtype)
                 delta = weight.expand(n, c, weight.shape[1]) if delta is None else delta @ weight
@@ -271,6 +277,8 @@ def _full_block(rows: list[_LayerFeatures], cols: list[_LayerFeatures], n_output
     block = None
     for row, col in zip(rows, cols, strict=True):
         inner = row.h @ col.h.T  # the column of ones adds the bias term (+1)
+        if row.ones:
+            inner += 1
         if row.delta is None:  # output layer: δ_a·δ'_b = δ_ab
             term = torch.zeros(*inner.shape, n_outputs, n_outputs, dtype=inner.dtype, device=inner.device)
             term.diagonal(dim1=2, dim2=3).copy_(inner[:, :, None].expand(-1, -1, n_outputs))
@@ -288,12 +296,15 @@ def _block_into(out: torch.Tensor, rows: list[_LayerFeatures], cols: list[_Layer
         out.copy_(_full_block(rows, cols, n_outputs))
         return
 
+    # the layers whose bias adds 1 to h h'^T first: that costs nothing on gram_sum_into's first term
+    order = sorted(range(len(rows)), key=lambda index: not rows[index].ones)
+
     def terms(features: list[_LayerFeatures]) -> list[GramTerm]:
-        return [(f.h, None if f.delta is None else f.delta.flatten(1)) for f in features]
+        return [(f.h, None if f.delta is None else f.delta.flatten(1)) for f in (features[i] for i in order)]
 
     # the output layer's signal is the identity: its trace Σ_a δ_aa is c
-    scales = [float(n_outputs) if f.delta is None else 1.0 for f in rows]
-    gram_sum_into(out, terms(rows), terms(cols), scales)
+    scales = [float(n_outputs) if rows[i].delta is None else 1.0 for i in order]
+    gram_sum_into(out, terms(rows), terms(cols), scales, [rows[i].ones for i in order])
 
 
 def _layerwise_ntk(
@@ -469,7 +480,7 @@ def kernel_diagonal(
                 for layer in _layer_features(modules, x[rows], dtype):
                     outputs = modules[-1].out_features
                     signal = layer.delta.square().sum(dim=(1, 2)) if layer.delta is not None else outputs
-                    diagonal[rows] += signal * layer.h.square().sum(dim=1)
+                    diagonal[rows] += signal * (layer.h.square().sum(dim=1) + layer.ones)
             return diagonal
         if unsupported_layer(model) is None:  # conv / norm networks: the per-layer features, no Jacobian
             params, buffers = _cast_state(model, dtype)

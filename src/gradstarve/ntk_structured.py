@@ -496,35 +496,51 @@ GramTerm = tuple[torch.Tensor, torch.Tensor | None]
 
 
 def gram_sum_into(
-    out: torch.Tensor, rows: Sequence[GramTerm], cols: Sequence[GramTerm], scales: Sequence[float] | None = None
+    out: torch.Tensor,
+    rows: Sequence[GramTerm],
+    cols: Sequence[GramTerm],
+    scales: Sequence[float] | None = None,
+    plus_one: Sequence[bool] | None = None,
 ) -> torch.Tensor:
-    """Write ``Σ_t s_t (L_t L'_t^T) ⊙ (R_t R'_t^T)`` into ``out`` ``(nr, nc)`` in place and return it.
+    """Write ``Σ_t s_t (L_t L'_t^T + o_t) ⊙ (R_t R'_t^T)`` into ``out`` ``(nr, nc)`` in place and return it.
 
     ``rows[t] = (L_t, R_t)`` for the rows' examples, ``cols[t]`` for the columns', ``R_t = None`` for a factor of
-    ones; ``scales``: one per term (default 1). ``out`` may be a strided view of a larger kernel: the first
-    term's products go straight into it, the others' into two scratch blocks reused term after term, so a block
-    costs its matrix products and one pass over it per term, no copy of it."""
+    ones; ``scales``: one per term (default 1); ``plus_one``: per term, whether ``o_t = 1`` (the bias of a layer
+    whose inputs ``L`` carry no column of ones; default none), which costs nothing on a first term with an ``R``
+    and one pass over the block on any other. ``out`` may be a strided view of a larger kernel: the first term's
+    products go straight into it, the others' into two scratch blocks reused term after term, so a block costs
+    its matrix products and one pass over it per term, no copy of it."""
     if not rows:
         raise ValueError("gram_sum_into needs at least one term")
     inner: torch.Tensor | None = None
     signal: torch.Tensor | None = None
     for index, ((left, right), (left2, right2)) in enumerate(zip(rows, cols, strict=True)):
         scale = 1.0 if scales is None else scales[index]
+        one = plus_one is not None and plus_one[index]
         if right is None or right2 is None:
             if index == 0:
                 torch.mm(left, left2.T, out=out)
+                if one:
+                    out.add_(1)
                 if scale != 1:
                     out.mul_(scale)
             else:
                 out.addmm_(left, left2.T, alpha=scale)
+                if one:
+                    out.add_(scale)
             continue
         inner = torch.mm(left, left2.T, out=inner)
         signal = torch.mm(right, right2.T, out=signal)
         if scale != 1:
             signal.mul_(scale)
         if index == 0:
-            torch.mul(inner, signal, out=out)
+            if one:  # (inner + 1) ⊙ signal in the same single pass as the product alone
+                torch.addcmul(signal, inner, signal, out=out)
+            else:
+                torch.mul(inner, signal, out=out)
         else:
+            if one:
+                inner.add_(1)
             out.addcmul_(inner, signal)  # fused: one pass over the block instead of two
     return out
 
