@@ -437,9 +437,21 @@ class _Passed:
     patches: dict[int, torch.Tensor]
 
 
-def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Module], x: torch.Tensor) -> _Features:
+def _features(
+    model: nn.Module,
+    params: dict,
+    buffers: dict,
+    layers: list[nn.Module],
+    x: torch.Tensor,
+    storage: torch.Tensor | None = None,
+) -> _Features:
     """Every layer's per-example gradients of the examples ``x``: materialised ones written straight into their
     places side by side in one ``(n, c, P)`` tensor, factored ones as their factors.
+
+    ``storage``: a flat tensor of at least ``n · c · P`` numbers to hold the materialised ones (a view of it), so
+    that chunk after chunk reuses the same memory. A fresh allocation of gigabytes per chunk is new memory to
+    fault in whenever the allocator cannot hand back the previous chunk's (which varied from run to run: up to a
+    quarter of the ResNet's time, ``benchmarks/README.md``).
 
     The forward and backward passes (:func:`_signals`) go over mini-batches of about :data:`_PASS_NUMBERS`
     recorded numbers, the first of :data:`_FIRST_PASS` examples measuring the size: their temporaries (activations,
@@ -462,7 +474,10 @@ def _features(model: nn.Module, params: dict, buffers: dict, layers: list[nn.Mod
             is_factored = [_factored(layers[i], inputs[i], c) for i in order]
             sizes = [sum(p.numel() for p in layers[i].parameters(recurse=False) if p.requires_grad) for i in order]
             width = sum(size for size, flag in zip(sizes, is_factored, strict=True) if not flag)
-            dense = torch.empty(n, c, width, dtype=x.dtype, device=x.device) if width else None
+            if width and storage is not None and storage.numel() >= n * c * width:
+                dense = storage[: n * c * width].view(n, c, width)
+            elif width:
+                dense = torch.empty(n, c, width, dtype=x.dtype, device=x.device)
             for i, delta, flag in zip(order, deltas, is_factored, strict=True):
                 if flag:  # h = (layer input if the weight is trainable, 1 if the bias is)
                     columns = layers[i].in_features if layers[i].weight.requires_grad else 0
@@ -638,13 +653,19 @@ def structured_ntk(
             upper = slice(rows_slice.start, n2) if symmetric else slice(0, n2)
             _block_into(kernel[rows_slice, upper], rows_all.take(rows_slice), cols.take(upper))
         return mirror_upper(kernel, size) if symmetric else kernel
+    # the materialised features of a column chunk and of a row chunk, in two buffers reused chunk after chunk
+    width = 0 if probe.dense is None else probe.dense.shape[1] * probe.dense.shape[2]
+    column_storage, row_storage = (
+        torch.empty(min(chunk, n_chunk) * width, dtype=x.dtype, device=x.device) if width else None
+        for n_chunk in (n2, n)
+    )
     for cols_slice in _chunks(n2, chunk):
-        cols = _features(model, params, buffers, layers, x2[cols_slice])
+        cols = _features(model, params, buffers, layers, x2[cols_slice], column_storage)
         for rows_slice in _chunks(n, chunk):
             if symmetric and rows_slice.start > cols_slice.start:
                 break  # the lower blocks are mirrored from the upper ones
             same = symmetric and rows_slice == cols_slice
-            rows = cols if same else _features(model, params, buffers, layers, x[rows_slice])
+            rows = cols if same else _features(model, params, buffers, layers, x[rows_slice], row_storage)
             _block_into(kernel[rows_slice, cols_slice], rows, cols)
     return mirror_upper(kernel, chunk) if symmetric else kernel
 
