@@ -213,8 +213,8 @@ class _LayerFeatures:
     """Per linear layer with trainable parameters: its input ``h`` (n, d_in), with a trailing column of ones for a
     trainable bias (just that column if only the bias is trainable), and its back-propagated signal ``delta``
     (n, c, d_out), or ``None`` for the output layer, whose signal is the identity (``∂f_a/∂z_b = δ_ab``).
-    ``ones``: the bias's column of ones is not stored in ``h`` (the first layer, whose input is the data: no copy
-    of it), so ``h h'^T`` gets 1 added wherever it is used."""
+    ``ones``: the bias's column of ones is not stored in ``h`` (the first linear layer, whose input is the data: no
+    copy of it), so ``h h'^T`` gets 1 added wherever it is used."""
 
     h: torch.Tensor
     delta: torch.Tensor | None
@@ -258,7 +258,8 @@ def _layer_features(modules: list[nn.Module], x: torch.Tensor, dtype: torch.dtyp
             bias_trainable = module.bias is not None and module.bias.requires_grad
             parts = [inputs[linear_index]] if weight_trainable else []
             if weight_trainable and bias_trainable and linear_index == 0:
-                features.append(_LayerFeatures(parts[0], delta, ones=True))
+                # first in the list: gram_sum_into adds the 1 for free on its first term
+                features.insert(0, _LayerFeatures(parts[0], delta, ones=True))
             else:
                 if bias_trainable:
                     parts.append(torch.ones(n, 1, dtype=dtype, device=h.device))
@@ -296,15 +297,12 @@ def _block_into(out: torch.Tensor, rows: list[_LayerFeatures], cols: list[_Layer
         out.copy_(_full_block(rows, cols, n_outputs))
         return
 
-    # the layers whose bias adds 1 to h h'^T first: that costs nothing on gram_sum_into's first term
-    order = sorted(range(len(rows)), key=lambda index: not rows[index].ones)
-
     def terms(features: list[_LayerFeatures]) -> list[GramTerm]:
-        return [(f.h, None if f.delta is None else f.delta.flatten(1)) for f in (features[i] for i in order)]
+        return [(f.h, None if f.delta is None else f.delta.flatten(1)) for f in features]
 
     # the output layer's signal is the identity: its trace Σ_a δ_aa is c
-    scales = [float(n_outputs) if rows[i].delta is None else 1.0 for i in order]
-    gram_sum_into(out, terms(rows), terms(cols), scales, [rows[i].ones for i in order])
+    scales = [float(n_outputs) if f.delta is None else 1.0 for f in rows]
+    gram_sum_into(out, terms(rows), terms(cols), scales, [f.ones for f in rows])
 
 
 def _layerwise_ntk(

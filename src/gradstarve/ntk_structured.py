@@ -171,9 +171,9 @@ def _norm_hat(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
 
 
 def _patches(h: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple, dilation: tuple) -> torch.Tensor:
-    """The input patches of a 2-d convolution, ``(n, C_in · k_h · k_w, L)``, the same numbers in the same order as
-    ``F.unfold``: a strided view of the (zero-padded) input, copied once (2-3x faster than ``F.unfold``'s im2col
-    loop on the CPU, measured)."""
+    """The input patches of a 2-d convolution, ``(n, C_in · k_h · k_w, out_h, out_w)``, the same numbers in the same
+    order as ``F.unfold`` (flattened over the positions): a strided view of the (zero-padded) input, copied once
+    (2-3x faster than ``F.unfold``'s im2col loop on the CPU, measured)."""
     if any(padding):
         h = nn.functional.pad(h, (padding[1], padding[1], padding[0], padding[0]))
     h = h.contiguous()
@@ -185,7 +185,7 @@ def _patches(h: torch.Tensor, kernel: tuple, stride: tuple, padding: tuple, dila
         (n, channels, kernel[0], kernel[1], out_h, out_w),
         (s_n, s_c, dilation[0] * s_h, dilation[1] * s_w, stride[0] * s_h, stride[1] * s_w),
     )
-    return windows.reshape(n, channels * kernel[0] * kernel[1], out_h * out_w)
+    return windows.reshape(n, channels * kernel[0] * kernel[1], out_h, out_w)
 
 
 def _conv_geometry(module: nn.Module) -> tuple[tuple, tuple, tuple, tuple]:
@@ -201,9 +201,11 @@ def _conv_geometry(module: nn.Module) -> tuple[tuple, tuple, tuple, tuple]:
 
 
 def _conv_patches(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """The input patches ``(n, C_in · k, L)`` of a conv layer's input ``h`` ``(n, C_in, *spatial)``, ``L`` output
-    positions."""
-    return _patches(h.unsqueeze(2) if isinstance(module, nn.Conv1d) else h, *_conv_geometry(module))
+    """The input patches ``(n, C_in · k, *out_spatial)`` of a conv layer's input ``h`` ``(n, C_in, *spatial)``, one
+    per output position."""
+    if isinstance(module, nn.Conv1d):
+        return _patches(h.unsqueeze(2), *_conv_geometry(module)).squeeze(2)
+    return _patches(h, *_conv_geometry(module))
 
 
 class _ConvFromPatches(torch.autograd.Function):
@@ -218,15 +220,9 @@ class _ConvFromPatches(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h, weight, bias, patches, module):  # type: ignore[override]
         n, groups, out_channels = h.shape[0], module.groups, weight.shape[0]
-        out_shape = [
-            (size + 2 * pad - dil * (k - 1) - 1) // st + 1
-            for size, k, st, pad, dil in zip(
-                h.shape[2:], module.kernel_size, module.stride, module.padding, module.dilation, strict=True
-            )
-        ]
         # the output is not a view of the product (autograd forbids in-place changes of a view made in here)
-        out = torch.empty(n, out_channels, *out_shape, dtype=h.dtype, device=h.device)
-        if groups == 1 and patches.shape[2] == 1:
+        out = torch.empty(n, out_channels, *patches.shape[2:], dtype=h.dtype, device=h.device)
+        if groups == 1 and patches[0, 0].numel() == 1:
             # one output position (a deep layer on a small image): one product for the mini-batch, not a
             # matrix-vector product per example (several times slower on the ResNet's last stage, measured)
             torch.mm(patches.view(n, -1), weight.reshape(out_channels, -1).T, out=out.view(n, out_channels))
@@ -297,11 +293,11 @@ def _conv_weight_grad(module: nn.Module, patches: torch.Tensor, delta: torch.Ten
     """Per-example, per-output ``∂f_a/∂W`` of a conv layer, ``(n, c, *W.shape)`` flattened, written into ``out``
     ``(n, c, |W|)`` (a slice of the features tensor): one batched product per output and group, straight into place.
 
-    ``patches``: the layer's input patches ``(n, C_in · k, L)`` (:func:`_conv_patches`); ``delta``: ``(n, c, C_out,
-    *out_spatial)``."""
+    ``patches``: the layer's input patches ``(n, C_in · k, *out_spatial)`` (:func:`_conv_patches`); ``delta``: ``(n,
+    c, C_out, *out_spatial)``."""
     n, c, out_channels = delta.shape[:3]
     groups = module.groups
-    patches = patches.reshape(n, groups, patches.shape[1] // groups, patches.shape[2])  # (n, g, C_in/g·k, L)
+    patches = patches.reshape(n, groups, patches.shape[1] // groups, -1)  # (n, g, C_in/g·k, L)
     signal = delta.reshape(n, c, groups, out_channels // groups, -1)  # (n, c, g, C_out/g, L)
     place = out.view(n, c, groups, out_channels // groups, patches.shape[2])  # (n, c, g, C_out/g, C_in/g·k)
     # torch's CPU bmm hands a contiguous result to MKL's batched product but loops over the examples for any other,
