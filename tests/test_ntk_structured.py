@@ -66,7 +66,17 @@ def check(model: nn.Module, x: torch.Tensor, x2: torch.Tensor | None = None, **k
 torch.manual_seed(0)
 
 
-def test_cnn_with_strided_conv_and_a_sizeable_linear_layer():
+@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
+def torch_threads(request):
+    """Each kernel block's products are numpy's (OpenBLAS, syrk on the diagonal) at one torch thread and torch's at
+    more: both paths, the thread count restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def test_cnn_with_strided_conv_and_a_sizeable_linear_layer(torch_threads):
     model = nn.Sequential(
         nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False), nn.Tanh(),
         nn.Flatten(), nn.Linear(6 * 3 * 3, 8), nn.GELU(), nn.Linear(8, 1),
@@ -210,7 +220,7 @@ def test_the_kernel_diagonal_of_a_conv_net_without_the_gram():
     torch.testing.assert_close(ntk.kernel_diagonal(model, x, chunk_size=2), expected, rtol=1e-10, atol=1e-12)
 
 
-def test_several_outputs_in_chunks_and_thousands_of_examples():
+def test_several_outputs_in_chunks_and_thousands_of_examples(torch_threads):
     # chunk_size=2: mirrored and exactly symmetric diagonal blocks in both multi-output modes, and two input sets;
     # 4,500 examples in one chunk: the kernel in 8 row blocks from the diagonal on, mirrored
     model = nn.Sequential(nn.Conv1d(1, 2, 3), nn.Tanh(), nn.Flatten(), nn.Linear(6, 3)).double()
@@ -264,7 +274,7 @@ def test_the_matrix_free_layerwise_products_need_the_features_to_fit(monkeypatch
         ntk.kernel_operator(nn.Sequential(nn.Linear(2, 2), Scale()).double(), x[:, 0, :2], method="layerwise")
 
 
-def test_gram_sum_into_writes_a_weighted_sum_of_hadamard_products_into_a_strided_view():
+def test_gram_sum_into_writes_a_weighted_sum_of_hadamard_products_into_a_strided_view(torch_threads):
     rng = np.random.default_rng(0)
     rows = [rng.normal(size=(3, 4)), rng.normal(size=(3, 2)), rng.normal(size=(3, 5)), rng.normal(size=(3, 1))]
     cols = [rng.normal(size=(6, 4)), rng.normal(size=(6, 2)), rng.normal(size=(6, 5)), rng.normal(size=(6, 1))]
@@ -295,3 +305,28 @@ def test_gram_sum_into_writes_a_weighted_sum_of_hadamard_products_into_a_strided
     dense_first = gram_sum_into(torch.empty(3, 6, dtype=torch.float64), [(t[0], None), (t[1], t[2])],
                                 [(t[4], None), (t[5], t[6])], [2.0, 1.0], [True, False])  # fmt: skip
     np.testing.assert_allclose(dense_first.numpy(), 2 * (plain + 1) + inner * signal, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_gram_sum_into_a_diagonal_block_is_exactly_symmetric_and_in_place(torch_threads, dtype):
+    # cols=None: the examples with themselves (numpy's syrk at one thread, torch's mm at two) against numpy in
+    # float64, written into a strided view of a larger kernel, exactly symmetric, plus_one and scales included
+    rng = np.random.default_rng(1)
+    dense, left, right = rng.normal(size=(70, 9)), rng.normal(size=(70, 4)), rng.normal(size=(70, 3))
+    terms = [(torch.from_numpy(a).to(dtype), None if b is None else torch.from_numpy(b).to(dtype))
+             for a, b in [(left, right), (dense, None), (left, None)]]  # fmt: skip
+    expected = 2 * (left @ left.T + 1) * (right @ right.T) + dense @ dense.T - 0.5 * (left @ left.T + 1)
+    kernel = torch.full((80, 90), float("nan"), dtype=dtype)
+    view = kernel[5:75, 10:80]
+    result = gram_sum_into(view, terms, None, [2.0, 1.0, -0.5], [True, False, True])
+    assert result.data_ptr() == view.data_ptr()
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    np.testing.assert_allclose(view.double().numpy(), expected, rtol=tolerance, atol=tolerance * abs(expected).max())
+    assert torch.equal(view, view.T)
+    outside = torch.ones_like(kernel, dtype=torch.bool)
+    outside[5:75, 10:80] = False
+    assert kernel[outside].isnan().all()
+    with pytest.raises(ValueError, match="square"):
+        gram_sum_into(kernel[:3, :4], terms, None)
+    with pytest.raises(ValueError, match="as many column terms"):
+        gram_sum_into(kernel[:3, :4], terms, terms[:1])

@@ -53,6 +53,7 @@ from gradstarve.ntk_structured import (
     structured_ntk,
     structured_operator,
     symmetric_rows,
+    symmetrize_,
     unsupported_layer,
 )
 
@@ -290,11 +291,16 @@ def _full_block(rows: list[_LayerFeatures], cols: list[_LayerFeatures], n_output
     return block
 
 
-def _block_into(out: torch.Tensor, rows: list[_LayerFeatures], cols: list[_LayerFeatures], n_outputs: int) -> None:
+def _block_into(
+    out: torch.Tensor, rows: list[_LayerFeatures], cols: list[_LayerFeatures] | None, n_outputs: int
+) -> None:
     """Write the NTK block between two sets of examples into ``out``: ``(nr, nc)`` (one output, or the trace over
-    outputs) in place, Σ_l (h·h') ⊙ (Σ_a δ_a·δ'_a), or ``(nr, nc, c, c)`` by assignment."""
+    outputs) in place, Σ_l (h·h') ⊙ (Σ_a δ_a·δ'_a), or ``(nr, nc, c, c)`` by assignment. ``cols=None``: the
+    examples with themselves (a diagonal block, exactly symmetric)."""
     if out.ndim == 4:
-        out.copy_(_full_block(rows, cols, n_outputs))
+        out.copy_(_full_block(rows, rows if cols is None else cols, n_outputs))
+        if cols is None:
+            symmetrize_(out)
         return
 
     def terms(features: list[_LayerFeatures]) -> list[GramTerm]:
@@ -302,7 +308,8 @@ def _block_into(out: torch.Tensor, rows: list[_LayerFeatures], cols: list[_Layer
 
     # the output layer's signal is the identity: its trace Σ_a δ_aa is c
     scales = [float(n_outputs) if f.delta is None else 1.0 for f in rows]
-    gram_sum_into(out, terms(rows), terms(cols), scales, [f.ones for f in rows])
+    ones = [f.ones for f in rows]
+    gram_sum_into(out, terms(rows), None if cols is None else terms(cols), scales, ones)
 
 
 def _layerwise_ntk(
@@ -325,8 +332,10 @@ def _layerwise_ntk(
     if symmetric:  # the row blocks from the diagonal on, written in place, then mirrored
         size = chunk if chunk_size is not None else symmetric_rows(n, chunk)
         for rows in _chunks(n, size):
-            upper = slice(rows.start, n2)
-            _block_into(kernel[rows, upper], [f.rows(rows) for f in cols], [f.rows(upper) for f in cols], n_outputs)
+            _block_into(kernel[rows, rows], [f.rows(rows) for f in cols], None, n_outputs)
+            if rows.stop < n:
+                right = slice(rows.stop, n)
+                _block_into(kernel[rows, right], [f.rows(rows) for f in cols], [f.rows(right) for f in cols], n_outputs)
         return mirror_upper(kernel, size)
     for rows in _chunks(n, chunk):
         _block_into(kernel[rows], _layer_features(modules, x[rows], dtype), cols, n_outputs)

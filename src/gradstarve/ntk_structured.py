@@ -35,11 +35,15 @@ Exact: the same numbers as the plain per-example Jacobian Gram (float64 agreemen
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
+from threadpoolctl import ThreadpoolController
 from torch import nn
 from torch.func import functional_call
 from torch.overrides import TorchFunctionMode
@@ -509,20 +513,65 @@ GramTerm = tuple[torch.Tensor, torch.Tensor | None]
 def gram_sum_into(
     out: torch.Tensor,
     rows: Sequence[GramTerm],
-    cols: Sequence[GramTerm],
+    cols: Sequence[GramTerm] | None,
     scales: Sequence[float] | None = None,
     plus_one: Sequence[bool] | None = None,
 ) -> torch.Tensor:
     """Write ``Σ_t s_t (L_t L'_t^T + o_t) ⊙ (R_t R'_t^T)`` into ``out`` ``(nr, nc)`` in place and return it.
 
     ``rows[t] = (L_t, R_t)`` for the rows' examples, ``cols[t]`` for the columns', ``R_t = None`` for a factor of
-    ones; ``scales``: one per term (default 1); ``plus_one``: per term, whether ``o_t = 1`` (the bias of a layer
-    whose inputs ``L`` carry no column of ones; default none), which costs nothing on a first term with an ``R``
-    and one pass over the block on any other. ``out`` may be a strided view of a larger kernel: the first term's
-    products go straight into it, the others' into two scratch blocks reused term after term, so a block costs
-    its matrix products and one pass over it per term, no copy of it."""
+    ones; ``cols=None``: the rows' examples with themselves (a square block on the diagonal of a symmetric kernel),
+    written exactly symmetric. ``scales``: one per term (default 1); ``plus_one``: per term, whether ``o_t = 1``
+    (the bias of a layer whose inputs ``L`` carry no column of ones; default none), which costs nothing on a first
+    term with an ``R`` and one pass over the block on any other. ``out`` may be a strided view of a larger kernel:
+    the first term's products go straight into it, the others' into two scratch blocks reused term after term, so
+    a block costs its matrix products and one pass over it per term.
+
+    The products are torch's, except on the CPU at one torch thread in float32 / float64: numpy's (OpenBLAS, held
+    to one thread), where ``L L^T`` of a diagonal block is a ``syrk``, half the flops (torch has none), and
+    OpenBLAS's GEMM ran faster than torch's on the CPU measured (``benchmarks/README.md``). At more threads the two
+    libraries' thread pools beside each other measured no faster than torch's alone, so torch's are used."""
     if not rows:
         raise ValueError("gram_sum_into needs at least one term")
+    if cols is not None and len(cols) != len(rows):
+        raise ValueError(f"gram_sum_into needs as many column terms as row terms, got {len(cols)} and {len(rows)}")
+    symmetric = cols is None
+    if symmetric and out.shape[0] != out.shape[1]:
+        raise ValueError(f"a block of examples with themselves is square, got out of shape {tuple(out.shape)}")
+    blas = out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64) and torch.get_num_threads() == 1
+    with _blas_threads().limit(limits=1, user_api="blas") if blas else contextlib.nullcontext():
+        _gram_sum(
+            out, rows, rows if cols is None else cols, scales, plus_one, _numpy_product if blas else _torch_product
+        )
+    if symmetric and not blas:  # numpy's syrk writes an exactly symmetric block, torch's two sides round apart
+        symmetrize_(out)
+    return out
+
+
+#: ``product(L, L', out)`` writes ``L L'^T`` into ``out``; ``L' is L``: a set of examples with itself.
+_Product = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+def _torch_product(left: torch.Tensor, left2: torch.Tensor, out: torch.Tensor) -> None:
+    torch.mm(left, left2.T, out=out)
+
+
+def _numpy_product(left: torch.Tensor, left2: torch.Tensor, out: torch.Tensor) -> None:
+    """numpy's ``matmul`` (OpenBLAS), which for ``L L^T`` calls ``syrk`` and mirrors its triangle."""
+    a = left.detach().contiguous().numpy()
+    b = a if left2 is left else left2.detach().contiguous().numpy()
+    np.matmul(a, b.T, out=out.numpy())
+
+
+def _gram_sum(
+    out: torch.Tensor,
+    rows: Sequence[GramTerm],
+    cols: Sequence[GramTerm],
+    scales: Sequence[float] | None,
+    plus_one: Sequence[bool] | None,
+    product: _Product,
+) -> None:
+    """:func:`gram_sum_into` with the given matrix product."""
     inner: torch.Tensor | None = None
     signal: torch.Tensor | None = None
     for index, ((left, right), (left2, right2)) in enumerate(zip(rows, cols, strict=True)):
@@ -530,18 +579,22 @@ def gram_sum_into(
         one = plus_one is not None and plus_one[index]
         if right is None or right2 is None:
             if index == 0:
-                torch.mm(left, left2.T, out=out)
+                product(left, left2, out)
                 if one:
                     out.add_(1)
                 if scale != 1:
                     out.mul_(scale)
             else:
-                out.addmm_(left, left2.T, alpha=scale)
+                inner = torch.empty_like(out, memory_format=torch.contiguous_format) if inner is None else inner
+                product(left, left2, inner)
+                out.add_(inner, alpha=scale)
                 if one:
                     out.add_(scale)
             continue
-        inner = torch.mm(left, left2.T, out=inner)
-        signal = torch.mm(right, right2.T, out=signal)
+        inner = torch.empty_like(out, memory_format=torch.contiguous_format) if inner is None else inner
+        signal = torch.empty_like(out, memory_format=torch.contiguous_format) if signal is None else signal
+        product(left, left2, inner)
+        product(right, right2, signal)
         if scale != 1:
             signal.mul_(scale)
         if index == 0:
@@ -553,7 +606,12 @@ def gram_sum_into(
             if one:
                 inner.add_(1)
             out.addcmul_(inner, signal)  # fused: one pass over the block instead of two
-    return out
+
+
+@functools.cache
+def _blas_threads() -> ThreadpoolController:
+    """The BLAS libraries loaded in this process (numpy's OpenBLAS among them), to hold them to one thread."""
+    return ThreadpoolController()
 
 
 def _terms(features: _Features) -> list[GramTerm]:
@@ -581,6 +639,14 @@ def _block_into(out: torch.Tensor, rows: _Features, cols: _Features) -> None:
         out.copy_(_block(rows, cols))
 
 
+def _diagonal_into(out: torch.Tensor, features: _Features) -> None:
+    """:func:`_block_into` of a chunk with itself (a diagonal block of a symmetric kernel), exactly symmetric."""
+    if out.ndim == 2:
+        gram_sum_into(out, _terms(features), None)
+    else:
+        symmetrize_(out.copy_(_block(features, features)))
+
+
 def _mirror(block: torch.Tensor) -> torch.Tensor:
     """The block of the kernel with rows and columns swapped: ``(nr, nc) -> (nc, nr)``, ``(nr, nc, c, c) -> (nc, nr,
     c, c)`` with the outputs swapped too."""
@@ -589,20 +655,25 @@ def _mirror(block: torch.Tensor) -> torch.Tensor:
 
 def symmetric_rows(n: int, limit: int | None = None) -> int:
     """Rows per block of a symmetric ``n x n`` kernel of which only the blocks from the diagonal on are computed:
-    about an eighth of ``n`` (56 % of the products), but at least :data:`_SYMMETRIC_ROWS` (thinner blocks make
-    slower products), and at most ``limit``."""
+    about an eighth of ``n`` (56 % of the products with torch's, 50 % with numpy's ``syrk`` on the diagonal
+    blocks, :func:`gram_sum_into`), but at least :data:`_SYMMETRIC_ROWS` (thinner blocks make slower products),
+    and at most ``limit``."""
     size = max(_SYMMETRIC_ROWS, -(-n // _SYMMETRIC_BLOCKS))
     return size if limit is None else max(1, min(size, limit))
 
 
+def symmetrize_(block: torch.Tensor) -> torch.Tensor:
+    """Make a square block of a kernel, ``(b, b)`` or ``(b, b, c, c)``, exactly symmetric in place: the mean of
+    its two sides, whose rounding differs when both were computed. Returns ``block``."""
+    return block.copy_((block + _mirror(block)) / 2)
+
+
 def mirror_upper(kernel: torch.Tensor, size: int) -> torch.Tensor:
     """Complete a symmetric kernel ``(n, n)`` or ``(n, n, c, c)`` whose row blocks of ``size`` rows are computed
-    from the diagonal block on: each diagonal block is made exactly symmetric (the mean of its two sides, whose
-    rounding differs) and the blocks right of it are mirrored below it. Returns ``kernel``."""
+    from the diagonal block on, each diagonal block already exactly symmetric: the blocks right of each diagonal
+    block are mirrored below it. Returns ``kernel``."""
     n = kernel.shape[0]
     for rows in _chunks(n, size):
-        diagonal = kernel[rows, rows]
-        diagonal.copy_((diagonal + _mirror(diagonal)) / 2)
         kernel[rows.stop :, rows] = _mirror(kernel[rows, rows.stop :])
     return kernel
 
@@ -644,11 +715,16 @@ def structured_ntk(
         # place; in the symmetric case only the blocks from the diagonal on, then mirrored.
         cols = _features(model, params, buffers, layers, x2)
         rows_all = cols if symmetric else _features(model, params, buffers, layers, x)
-        size = symmetric_rows(n) if symmetric else n
+        if not symmetric:
+            _block_into(kernel, rows_all, cols)
+            return kernel
+        size = symmetric_rows(n)
         for rows_slice in _chunks(n, size):
-            upper = slice(rows_slice.start, n2) if symmetric else slice(0, n2)
-            _block_into(kernel[rows_slice, upper], rows_all.take(rows_slice), cols.take(upper))
-        return mirror_upper(kernel, size) if symmetric else kernel
+            _diagonal_into(kernel[rows_slice, rows_slice], cols.take(rows_slice))
+            if rows_slice.stop < n:
+                right = slice(rows_slice.stop, n)
+                _block_into(kernel[rows_slice, right], cols.take(rows_slice), cols.take(right))
+        return mirror_upper(kernel, size)
     # the materialised features of a column chunk and of a row chunk, in two buffers reused chunk after chunk
     width = 0 if probe.dense is None else probe.dense.shape[1] * probe.dense.shape[2]
     column_storage, row_storage = (
@@ -660,8 +736,10 @@ def structured_ntk(
         for rows_slice in _chunks(n, chunk):
             if symmetric and rows_slice.start > cols_slice.start:
                 break  # the lower blocks are mirrored from the upper ones
-            same = symmetric and rows_slice == cols_slice
-            rows = cols if same else _features(model, params, buffers, layers, x[rows_slice], row_storage)
+            if symmetric and rows_slice == cols_slice:
+                _diagonal_into(kernel[rows_slice, cols_slice], cols)
+                continue
+            rows = _features(model, params, buffers, layers, x[rows_slice], row_storage)
             _block_into(kernel[rows_slice, cols_slice], rows, cols)
     return mirror_upper(kernel, chunk) if symmetric else kernel
 
@@ -742,5 +820,6 @@ __all__ = [
     "structured_ntk",
     "structured_operator",
     "symmetric_rows",
+    "symmetrize_",
     "unsupported_layer",
 ]
