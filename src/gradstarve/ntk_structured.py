@@ -525,7 +525,8 @@ def gram_sum_into(
     (the bias of a layer whose inputs ``L`` carry no column of ones; default none), which costs nothing on a first
     term with an ``R`` and one pass over the block on any other. ``out`` may be a strided view of a larger kernel:
     the first term's products go straight into it, the others' into two scratch blocks reused term after term, so
-    a block costs its matrix products and one pass over it per term.
+    a block costs its matrix products and one pass over it per term (two for a later term without ``R`` on numpy's
+    path, which has no in-place accumulating product).
 
     The products are torch's, except on the CPU at one torch thread in float32 / float64: numpy's (OpenBLAS, held
     to one thread), where ``L L^T`` of a diagonal block is a ``syrk``, half the flops (torch has none), and
@@ -585,9 +586,12 @@ def _gram_sum(
                 if scale != 1:
                     out.mul_(scale)
             else:
-                inner = torch.empty_like(out, memory_format=torch.contiguous_format) if inner is None else inner
-                product(left, left2, inner)
-                out.add_(inner, alpha=scale)
+                if product is _torch_product:  # torch's product adds into the block in place, with no scratch
+                    out.addmm_(left, left2.T, alpha=scale)
+                else:
+                    inner = torch.empty_like(out, memory_format=torch.contiguous_format) if inner is None else inner
+                    product(left, left2, inner)
+                    out.add_(inner, alpha=scale)
                 if one:
                     out.add_(scale)
             continue
