@@ -55,6 +55,7 @@ from gradstarve.ntk_structured import (
     symmetric_rows,
     symmetrize_,
     unsupported_layer,
+    upper_row_block_into,
 )
 
 _log = logging.getLogger(__name__)
@@ -292,15 +293,20 @@ def _full_block(rows: list[_LayerFeatures], cols: list[_LayerFeatures], n_output
 
 
 def _block_into(
-    out: torch.Tensor, rows: list[_LayerFeatures], cols: list[_LayerFeatures] | None, n_outputs: int
+    out: torch.Tensor,
+    rows: list[_LayerFeatures],
+    cols: list[_LayerFeatures],
+    n_outputs: int,
+    diagonal: bool = False,
 ) -> None:
     """Write the NTK block between two sets of examples into ``out``: ``(nr, nc)`` (one output, or the trace over
-    outputs) in place, Σ_l (h·h') ⊙ (Σ_a δ_a·δ'_a), or ``(nr, nc, c, c)`` by assignment. ``cols=None``: the
-    examples with themselves (a diagonal block, exactly symmetric)."""
+    outputs) in place, Σ_l (h·h') ⊙ (Σ_a δ_a·δ'_a), or ``(nr, nc, c, c)`` by assignment. ``diagonal``: a row block
+    of a symmetric kernel from its diagonal block on (``cols`` start with the rows' own examples), whose diagonal
+    block is made exactly symmetric (:func:`~gradstarve.ntk_structured.upper_row_block_into`)."""
     if out.ndim == 4:
-        out.copy_(_full_block(rows, rows if cols is None else cols, n_outputs))
-        if cols is None:
-            symmetrize_(out)
+        out.copy_(_full_block(rows, cols, n_outputs))
+        if diagonal:
+            symmetrize_(out[:, : out.shape[0]])
         return
 
     def terms(features: list[_LayerFeatures]) -> list[GramTerm]:
@@ -309,7 +315,10 @@ def _block_into(
     # the output layer's signal is the identity: its trace Σ_a δ_aa is c
     scales = [float(n_outputs) if f.delta is None else 1.0 for f in rows]
     ones = [f.ones for f in rows]
-    gram_sum_into(out, terms(rows), None if cols is None else terms(cols), scales, ones)
+    if diagonal:
+        upper_row_block_into(out, terms(rows), terms(cols), scales, ones)
+    else:
+        gram_sum_into(out, terms(rows), terms(cols), scales, ones)
 
 
 def _layerwise_ntk(
@@ -332,10 +341,9 @@ def _layerwise_ntk(
     if symmetric:  # the row blocks from the diagonal on, written in place, then mirrored
         size = chunk if chunk_size is not None else symmetric_rows(n, chunk)
         for rows in _chunks(n, size):
-            _block_into(kernel[rows, rows], [f.rows(rows) for f in cols], None, n_outputs)
-            if rows.stop < n:
-                right = slice(rows.stop, n)
-                _block_into(kernel[rows, right], [f.rows(rows) for f in cols], [f.rows(right) for f in cols], n_outputs)
+            upper = slice(rows.start, n2)
+            row_features, upper_features = [f.rows(rows) for f in cols], [f.rows(upper) for f in cols]
+            _block_into(kernel[rows, upper], row_features, upper_features, n_outputs, diagonal=True)
         return mirror_upper(kernel, size)
     for rows in _chunks(n, chunk):
         _block_into(kernel[rows], _layer_features(modules, x[rows], dtype), cols, n_outputs)

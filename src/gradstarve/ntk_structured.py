@@ -539,7 +539,7 @@ def gram_sum_into(
     symmetric = cols is None
     if symmetric and out.shape[0] != out.shape[1]:
         raise ValueError(f"a block of examples with themselves is square, got out of shape {tuple(out.shape)}")
-    blas = out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64) and torch.get_num_threads() == 1
+    blas = _numpy_path(out)
     with _blas_threads().limit(limits=1, user_api="blas") if blas else contextlib.nullcontext():
         _gram_sum(
             out, rows, rows if cols is None else cols, scales, plus_one, _numpy_product if blas else _torch_product
@@ -547,6 +547,11 @@ def gram_sum_into(
     if symmetric and not blas:  # numpy's syrk writes an exactly symmetric block, torch's two sides round apart
         symmetrize_(out)
     return out
+
+
+def _numpy_path(out: torch.Tensor) -> bool:
+    """Whether :func:`gram_sum_into` takes numpy's products for ``out``: CPU, float32 / float64, one torch thread."""
+    return out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64) and torch.get_num_threads() == 1
 
 
 #: ``product(L, L', out)`` writes ``L L'^T`` into ``out``; ``L' is L``: a set of examples with itself.
@@ -616,6 +621,32 @@ def _gram_sum(
 def _blas_threads() -> ThreadpoolController:
     """The BLAS libraries loaded in this process (numpy's OpenBLAS among them), to hold them to one thread."""
     return ThreadpoolController()
+
+
+def upper_row_block_into(
+    out: torch.Tensor,
+    rows: Sequence[GramTerm],
+    upper: Sequence[GramTerm],
+    scales: Sequence[float] | None = None,
+    plus_one: Sequence[bool] | None = None,
+) -> torch.Tensor:
+    """The row block of a symmetric kernel from its diagonal block on: ``out`` ``(r, c)`` between the ``r``
+    examples of ``rows`` and the ``c`` examples of ``upper``, the first ``r`` of which are the rows' own; the
+    diagonal block ``out[:, :r]`` exactly symmetric. Returns ``out``.
+
+    Where :func:`gram_sum_into` uses numpy's products, the diagonal block is its own call (``syrk``) and the rest
+    another; with torch's, the whole row block is one call (fewer, larger products), its diagonal block then
+    symmetrized."""
+    size = out.shape[0]
+    if not _numpy_path(out):
+        gram_sum_into(out, rows, upper, scales, plus_one)
+        symmetrize_(out[:, :size])
+        return out
+    gram_sum_into(out[:, :size], rows, None, scales, plus_one)
+    if out.shape[1] > size:
+        right = [(left[size:], None if signal is None else signal[size:]) for left, signal in upper]
+        gram_sum_into(out[:, size:], rows, right, scales, plus_one)
+    return out
 
 
 def _terms(features: _Features) -> list[GramTerm]:
@@ -724,10 +755,12 @@ def structured_ntk(
             return kernel
         size = symmetric_rows(n)
         for rows_slice in _chunks(n, size):
-            _diagonal_into(kernel[rows_slice, rows_slice], cols.take(rows_slice))
-            if rows_slice.stop < n:
-                right = slice(rows_slice.stop, n)
-                _block_into(kernel[rows_slice, right], cols.take(rows_slice), cols.take(right))
+            upper = slice(rows_slice.start, n)
+            if full:
+                _block_into(kernel[rows_slice, upper], cols.take(rows_slice), cols.take(upper))
+                symmetrize_(kernel[rows_slice, rows_slice])
+            else:
+                upper_row_block_into(kernel[rows_slice, upper], _terms(cols.take(rows_slice)), _terms(cols.take(upper)))
         return mirror_upper(kernel, size)
     # the materialised features of a column chunk and of a row chunk, in two buffers reused chunk after chunk
     width = 0 if probe.dense is None else probe.dense.shape[1] * probe.dense.shape[2]
@@ -826,4 +859,5 @@ __all__ = [
     "symmetric_rows",
     "symmetrize_",
     "unsupported_layer",
+    "upper_row_block_into",
 ]
