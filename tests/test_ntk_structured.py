@@ -13,7 +13,7 @@ from torch import nn
 
 from gradstarve import ntk
 from gradstarve.models.resnet import BasicBlock, build_resnet
-from gradstarve.ntk_structured import UnsupportedLayerError, gram_sum_into, unsupported_layer
+from gradstarve.ntk_structured import UnsupportedLayerError, gram_sum_into, unsupported_layer, upper_row_block_into
 
 
 def jacobian_gram(model: nn.Module, x: torch.Tensor, x2: torch.Tensor | None = None) -> torch.Tensor:
@@ -330,3 +330,15 @@ def test_gram_sum_into_a_diagonal_block_is_exactly_symmetric_and_in_place(torch_
         gram_sum_into(kernel[:3, :4], terms, None)
     with pytest.raises(ValueError, match="as many column terms"):
         gram_sum_into(kernel[:3, :4], terms, terms[:1])
+    # a row block from the diagonal on: its diagonal block as above, the rest a plain product, in one call
+    block = kernel[:70, :80]
+    wider = [(torch.cat([a, a[:10]]), None if b is None else torch.cat([b, b[:10]])) for a, b in terms]
+    upper_row_block_into(block, terms, wider, [2.0, 1.0, -0.5], [True, False, True])
+    np.testing.assert_allclose(
+        block[:, :70].double().numpy(), expected, rtol=tolerance, atol=tolerance * abs(expected).max()
+    )
+    np.testing.assert_allclose(block[:, 70:].double().numpy(), expected[:, :10], rtol=tolerance,
+                               atol=tolerance * abs(expected).max())  # fmt: skip
+    assert torch.equal(block[:, :70], block[:, :70].T)
+    with pytest.raises(ValueError, match="as many columns as rows"):
+        upper_row_block_into(kernel[:3, :2], terms, terms)

@@ -26,7 +26,8 @@ block of the kernel takes one matrix product for all of them; a chunk's are reco
 block of the kernel they enter, so memory is bounded by the chunk size, not by ``n x P``. The default chunk holds a
 third of the memory available when the kernel starts (:func:`feature_budget`): when all ``n`` examples fit, their
 features are computed once. Each block of the kernel is written in place into the output (:func:`gram_sum_into`); of
-a symmetric kernel only the row blocks from the diagonal on are computed, then mirrored (:func:`mirror_upper`).
+a symmetric kernel only the row blocks from the diagonal on are computed (:func:`upper_row_block_into`: at one torch
+thread numpy's products, with ``syrk`` on the diagonal blocks), then mirrored (:func:`mirror_upper`).
 
 :func:`structured_operator` keeps every example's features (when they fit) for matrix-free products ``K v``.
 
@@ -638,6 +639,10 @@ def upper_row_block_into(
     another; with torch's, the whole row block is one call (fewer, larger products), its diagonal block then
     symmetrized."""
     size = out.shape[0]
+    if out.shape[1] < size:
+        raise ValueError(
+            f"a row block from the diagonal on needs as many columns as rows or more, got {tuple(out.shape)}"
+        )
     if not _numpy_path(out):
         gram_sum_into(out, rows, upper, scales, plus_one)
         symmetrize_(out[:, :size])
