@@ -76,18 +76,7 @@ def test_chunked_equals_unchunked(method):
             assert_close(ntk.empirical_ntk(model, x, x2=other, method=method, chunk_size=chunk), whole, 1e-13)
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-def test_large_symmetric_layerwise_uses_triangular_blocks_correctly(threads):
-    # one thread: numpy's products (syrk on the diagonal blocks); two: torch's
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        check_large_symmetric()
-    finally:
-        torch.set_num_threads(before)
-
-
-def check_large_symmetric():
+def test_large_symmetric_layerwise_uses_triangular_blocks_correctly(torch_threads):
     model = MLP(3, (8,), 1, generator=gen(12)).double()
     x = torch.randn(1500, 3, dtype=torch.float64, generator=gen(13))
     kernel = ntk.empirical_ntk(model, x)  # 1,500 examples: 6 row blocks, lower triangle mirrored

@@ -66,16 +66,6 @@ def check(model: nn.Module, x: torch.Tensor, x2: torch.Tensor | None = None, **k
 torch.manual_seed(0)
 
 
-@pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def torch_threads(request):
-    """Each kernel block's products are numpy's (OpenBLAS, syrk on the diagonal) at one torch thread and torch's at
-    more: both paths, the thread count restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(request.param)
-    yield request.param
-    torch.set_num_threads(before)
-
-
 def test_cnn_with_strided_conv_and_a_sizeable_linear_layer(torch_threads):
     model = nn.Sequential(
         nn.Conv2d(2, 4, 3), nn.ReLU(), nn.Conv2d(4, 6, 3, stride=2, padding=1, bias=False), nn.Tanh(),
@@ -227,6 +217,8 @@ def test_several_outputs_in_chunks_and_thousands_of_examples(torch_threads):
     x = torch.randn(5, 1, 5, dtype=torch.float64)
     check(model, x, chunk_size=2)
     check(model, x, torch.randn(3, 1, 5, dtype=torch.float64), chunk_size=2)
+    full = ntk.empirical_ntk(model, x, method="layerwise", multi_output="full", chunk_size=2)
+    assert torch.equal(full, full.permute(1, 0, 3, 2))  # K(x_i, x_j)_ab = K(x_j, x_i)_ba exactly
     tiny = nn.Sequential(nn.Conv1d(1, 2, 2), nn.Tanh(), nn.Flatten(), nn.Linear(8, 1)).double()
     many = torch.randn(4500, 1, 5, dtype=torch.float64)
     per_example = torch.func.vmap(

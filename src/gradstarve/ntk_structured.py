@@ -670,21 +670,20 @@ def _block(rows: _Features, cols: _Features) -> torch.Tensor:
     return block
 
 
-def _block_into(out: torch.Tensor, rows: _Features, cols: _Features) -> None:
+def _block_into(out: torch.Tensor, rows: _Features, cols: _Features, diagonal: bool = False) -> None:
     """Write the kernel block between two chunks into ``out``: ``(nr, nc)`` (one output or the trace) in place,
-    ``(nr, nc, c, c)`` by assignment."""
+    ``(nr, nc, c, c)`` by assignment. ``diagonal``: a row block of a symmetric kernel from its diagonal block on
+    (``cols`` start with the rows' own examples), whose diagonal block is made exactly symmetric
+    (:func:`upper_row_block_into`)."""
     if out.ndim == 2:
-        gram_sum_into(out, _terms(rows), _terms(cols))
-    else:
-        out.copy_(_block(rows, cols))
-
-
-def _diagonal_into(out: torch.Tensor, features: _Features) -> None:
-    """:func:`_block_into` of a chunk with itself (a diagonal block of a symmetric kernel), exactly symmetric."""
-    if out.ndim == 2:
-        gram_sum_into(out, _terms(features), None)
-    else:
-        symmetrize_(out.copy_(_block(features, features)))
+        if diagonal:
+            upper_row_block_into(out, _terms(rows), _terms(cols))
+        else:
+            gram_sum_into(out, _terms(rows), _terms(cols))
+        return
+    out.copy_(_block(rows, cols))
+    if diagonal:
+        symmetrize_(out[:, : out.shape[0]])
 
 
 def _mirror(block: torch.Tensor) -> torch.Tensor:
@@ -761,11 +760,7 @@ def structured_ntk(
         size = symmetric_rows(n)
         for rows_slice in _chunks(n, size):
             upper = slice(rows_slice.start, n)
-            if full:
-                _block_into(kernel[rows_slice, upper], cols.take(rows_slice), cols.take(upper))
-                symmetrize_(kernel[rows_slice, rows_slice])
-            else:
-                upper_row_block_into(kernel[rows_slice, upper], _terms(cols.take(rows_slice)), _terms(cols.take(upper)))
+            _block_into(kernel[rows_slice, upper], cols.take(rows_slice), cols.take(upper), diagonal=True)
         return mirror_upper(kernel, size)
     # the materialised features of a column chunk and of a row chunk, in two buffers reused chunk after chunk
     width = 0 if probe.dense is None else probe.dense.shape[1] * probe.dense.shape[2]
@@ -778,11 +773,9 @@ def structured_ntk(
         for rows_slice in _chunks(n, chunk):
             if symmetric and rows_slice.start > cols_slice.start:
                 break  # the lower blocks are mirrored from the upper ones
-            if symmetric and rows_slice == cols_slice:
-                _diagonal_into(kernel[rows_slice, cols_slice], cols)
-                continue
-            rows = _features(model, params, buffers, layers, x[rows_slice], row_storage)
-            _block_into(kernel[rows_slice, cols_slice], rows, cols)
+            same = symmetric and rows_slice == cols_slice
+            rows = cols if same else _features(model, params, buffers, layers, x[rows_slice], row_storage)
+            _block_into(kernel[rows_slice, cols_slice], rows, cols, diagonal=same)
     return mirror_upper(kernel, chunk) if symmetric else kernel
 
 
