@@ -27,7 +27,7 @@ block of the kernel they enter, so memory is bounded by the chunk size, not by `
 third of the memory available when the kernel starts (:func:`feature_budget`): when all ``n`` examples fit, their
 features are computed once. Each block of the kernel is written in place into the output (:func:`gram_sum_into`); of
 a symmetric kernel only the row blocks from the diagonal on are computed (:func:`upper_row_block_into`: at one torch
-thread numpy's products, with ``syrk`` on the diagonal blocks), then mirrored (:func:`mirror_upper`).
+thread numpy's ``syrk`` on the diagonal blocks, half their flops), then mirrored (:func:`mirror_upper`).
 
 :func:`structured_operator` keeps every example's features (when they fit) for matrix-free products ``K v``.
 
@@ -529,10 +529,11 @@ def gram_sum_into(
     a block costs its matrix products and one pass over it per term (two for a later term without ``R`` on numpy's
     path, which has no in-place accumulating product).
 
-    The products are torch's, except on the CPU at one torch thread in float32 / float64: numpy's (OpenBLAS, held
-    to one thread), where ``L L^T`` of a diagonal block is a ``syrk``, half the flops (torch has none), and
-    OpenBLAS's GEMM ran faster than torch's on the CPU measured (``benchmarks/README.md``). At more threads the two
-    libraries' thread pools beside each other measured no faster than torch's alone, so torch's are used."""
+    The products are torch's, except for a diagonal block (``cols=None``) on the CPU at one torch thread in
+    float32 / float64: numpy's (OpenBLAS, held to one thread), whose ``L L^T`` is a ``syrk``, half the flops (torch
+    has none). Off the diagonal, torch's GEMM (MKL) matched or beat OpenBLAS's on the CPUs measured within about
+    10 %, and adds into the block in place (``benchmarks/README.md``). At more threads the two libraries' thread
+    pools beside each other measured no faster than torch's alone, so torch's are used there throughout."""
     if not rows:
         raise ValueError("gram_sum_into needs at least one term")
     if cols is not None and len(cols) != len(rows):
@@ -540,18 +541,17 @@ def gram_sum_into(
     symmetric = cols is None
     if symmetric and out.shape[0] != out.shape[1]:
         raise ValueError(f"a block of examples with themselves is square, got out of shape {tuple(out.shape)}")
-    blas = _numpy_path(out)
+    blas = symmetric and _numpy_path(out)
     with _blas_threads().limit(limits=1, user_api="blas") if blas else contextlib.nullcontext():
-        _gram_sum(
-            out, rows, rows if cols is None else cols, scales, plus_one, _numpy_product if blas else _torch_product
-        )
+        _gram_sum(out, rows, rows if cols is None else cols, scales, plus_one, _numpy_syrk if blas else _torch_product)
     if symmetric and not blas:  # numpy's syrk writes an exactly symmetric block, torch's two sides round apart
         symmetrize_(out)
     return out
 
 
 def _numpy_path(out: torch.Tensor) -> bool:
-    """Whether :func:`gram_sum_into` takes numpy's products for ``out``: CPU, float32 / float64, one torch thread."""
+    """Whether :func:`gram_sum_into` takes numpy's ``syrk`` for a diagonal block ``out``: CPU, float32 / float64,
+    one torch thread."""
     return out.device.type == "cpu" and out.dtype in (torch.float32, torch.float64) and torch.get_num_threads() == 1
 
 
@@ -563,11 +563,13 @@ def _torch_product(left: torch.Tensor, left2: torch.Tensor, out: torch.Tensor) -
     torch.mm(left, left2.T, out=out)
 
 
-def _numpy_product(left: torch.Tensor, left2: torch.Tensor, out: torch.Tensor) -> None:
-    """numpy's ``matmul`` (OpenBLAS), which for ``L L^T`` calls ``syrk`` and mirrors its triangle."""
+def _numpy_syrk(left: torch.Tensor, left2: torch.Tensor, out: torch.Tensor) -> None:
+    """``L L^T`` by numpy's ``matmul`` (OpenBLAS), which for an array times its own transpose calls ``syrk`` and
+    mirrors its triangle; for a diagonal block only (``left2 is left``)."""
+    if left2 is not left:
+        raise ValueError("_numpy_syrk is for a set of examples with itself (left2 is left)")
     a = left.detach().contiguous().numpy()
-    b = a if left2 is left else left2.detach().contiguous().numpy()
-    np.matmul(a, b.T, out=out.numpy())
+    np.matmul(a, a.T, out=out.numpy())
 
 
 def _gram_sum(
@@ -635,9 +637,9 @@ def upper_row_block_into(
     examples of ``rows`` and the ``c`` examples of ``upper``, the first ``r`` of which are the rows' own; the
     diagonal block ``out[:, :r]`` exactly symmetric. Returns ``out``.
 
-    Where :func:`gram_sum_into` uses numpy's products, the diagonal block is its own call (``syrk``) and the rest
-    another; with torch's, the whole row block is one call (fewer, larger products), its diagonal block then
-    symmetrized."""
+    Where :func:`gram_sum_into` uses numpy's ``syrk`` for a diagonal block (one torch thread), the diagonal block
+    is that call and the rest another (torch's); otherwise the whole row block is one call (fewer, larger
+    products), its diagonal block then symmetrized."""
     size = out.shape[0]
     if out.shape[1] < size:
         raise ValueError(
