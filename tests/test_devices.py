@@ -1,10 +1,14 @@
 """``device=`` on the NTK and the analysis: the same numbers where the model is, a clear error where no GPU is; the
-host-memory policy inside the NTK keeps freed blocks and gives them back on exit."""
+host-memory policy inside the NTK keeps freed blocks, gives large amounts back on exit and keeps small ones for
+the next call."""
 
 from __future__ import annotations
 
 import os
 import platform
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -73,6 +77,35 @@ def test_reuse_host_memory_keeps_freed_blocks_inside_and_returns_them_on_exit():
     assert kept > 2**27, f"freed memory should stay inside the context, {kept / 2**20:.0f} MB did"
     assert kept_after_inner_exit > 2**27, "the inner exit should not give memory back"
     assert returned < 2**26, f"memory should be returned on exit, {returned / 2**20:.0f} MB was kept"
+
+
+@pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the heap policy is glibc's"
+)
+def test_reuse_host_memory_keeps_a_small_freed_block_for_the_next_call_unfaulted():
+    # a fresh interpreter, whose heap holds little free memory before (the test session's could hold anything)
+    script = textwrap.dedent(
+        """
+        import resource
+        import torch
+        from gradstarve.devices import reuse_host_memory
+
+        def faults():
+            return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+        elements = 2**22  # 32 MiB of float64: far below the 128 MiB kept, above glibc's mmap threshold
+        with reuse_host_memory():
+            torch.ones(elements, dtype=torch.float64)  # made and freed
+        before = faults()
+        with reuse_host_memory():
+            torch.ones(elements, dtype=torch.float64)
+        print(faults() - before)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    faulted_pages = int(result.stdout.split()[-1])
+    # 32 MiB afresh is 8,192 pages of 4 KiB; reused, a few hundred at most (the interpreter's own allocations)
+    assert faulted_pages < 1024, f"the second block faulted {faulted_pages} pages in: the first was not kept"
 
 
 def test_torch_threads_holds_inside_and_restores_even_after_an_error():

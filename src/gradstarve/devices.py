@@ -24,6 +24,9 @@ __all__ = ["model_device", "on_device", "resolve_device", "reuse_host_memory"]
 # freed on a 64-bit system (DEFAULT_MMAP_THRESHOLD_MAX, twice that for trimming, DEFAULT_MMAP_MAX).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
 _SETTLED = {_M_MMAP_THRESHOLD: 32 * 2**20, _M_TRIM_THRESHOLD: 64 * 2**20, _M_MMAP_MAX: 65536}
+#: At most this much free heap memory stays with the process when the outermost :func:`reuse_host_memory` exits
+#: (more is returned to the operating system), so that the next kernel of a small model reuses it unfaulted.
+_KEEP_FREE_BYTES = 128 * 2**20
 _reuse_lock = threading.Lock()
 _reuse_depth = 0
 
@@ -39,6 +42,28 @@ def _glibc() -> ctypes.CDLL | None:
         return None
 
 
+class _Mallinfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (malloc.h, glibc 2.33 on)."""
+
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost"
+        )
+    ]  # fmt: skip
+
+
+def _free_heap_bytes(libc: ctypes.CDLL) -> int | None:
+    """The free bytes in glibc's heaps, all arenas (``fordblks``; it still counts free blocks whose pages an earlier
+    trim returned, so it errs towards trimming), or ``None`` where ``mallinfo2`` is missing (glibc < 2.33)."""
+    try:
+        mallinfo2 = libc.mallinfo2
+    except AttributeError:
+        return None
+    mallinfo2.restype = _Mallinfo2
+    return int(mallinfo2().fordblks)
+
+
 @contextlib.contextmanager
 def reuse_host_memory() -> Iterator[None]:
     """Inside, host memory that torch frees is kept by the allocator and handed out again, instead of being
@@ -48,7 +73,9 @@ def reuse_host_memory() -> Iterator[None]:
     block is a fresh ``mmap``, and the page faults cost more than the arithmetic (``benchmarks/README.md``). Inside
     this context glibc serves large blocks from its heap and never trims it; on exit the thresholds are set to the
     values glibc's own dynamic adjustment reaches after large frees, and the free memory is returned
-    (``malloc_trim``). Re-entrant; a no-op where the C library is not glibc.
+    (``malloc_trim``) if it is more than :data:`_KEEP_FREE_BYTES` (128 MiB). Less is kept, as glibc itself keeps
+    freed memory: returning it each time made the next kernel of the same small model fault in 50-80 MB afresh,
+    8-15 % of its time (``benchmarks/README.md``). Re-entrant; a no-op where the C library is not glibc.
     """
     global _reuse_depth
     libc = _glibc()
@@ -68,7 +95,9 @@ def reuse_host_memory() -> Iterator[None]:
             if _reuse_depth == 0:
                 for parameter, value in _SETTLED.items():
                     libc.mallopt(parameter, value)
-                libc.malloc_trim(0)
+                free = _free_heap_bytes(libc)
+                if free is None or free > _KEEP_FREE_BYTES:
+                    libc.malloc_trim(0)
 
 
 @contextlib.contextmanager
