@@ -74,8 +74,8 @@ def reuse_host_memory() -> Iterator[None]:
     this context glibc serves large blocks from its heap and never trims it; on exit the thresholds are set to the
     values glibc's own dynamic adjustment reaches after large frees, and the free memory is returned
     (``malloc_trim``) if it is more than :data:`_KEEP_FREE_BYTES` (128 MiB). Less is kept, as glibc itself keeps
-    freed memory: returning it each time made the next kernel of the same small model fault in 50-80 MB afresh,
-    8-15 % of its time (``benchmarks/README.md``). Re-entrant; a no-op where the C library is not glibc.
+    freed memory, so that the next kernel of a small model does not fault its features and output in afresh
+    (measured in ``benchmarks/README.md``). Re-entrant; a no-op where the C library is not glibc.
     """
     global _reuse_depth
     libc = _glibc()
