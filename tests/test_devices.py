@@ -18,6 +18,11 @@ from gradstarve import FeatureAnalysis, empirical_ntk, top_features
 from gradstarve.devices import on_device, reuse_host_memory, torch_threads
 from gradstarve.ntk import kernel_diagonal, ntrf
 
+#: The host-memory policy's tests: it is glibc's heap that reuse_host_memory tunes.
+glibc_only = pytest.mark.skipif(
+    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the heap policy is glibc's"
+)
+
 
 def _model_and_inputs():
     torch.manual_seed(0)
@@ -61,9 +66,7 @@ def _resident_bytes() -> int:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-@pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the heap policy is glibc's"
-)
+@glibc_only
 def test_reuse_host_memory_keeps_freed_blocks_inside_and_returns_them_on_exit():
     size = 2**25  # 256 MB of float64, far above glibc's largest mmap threshold
     before = _resident_bytes()
@@ -79,9 +82,7 @@ def test_reuse_host_memory_keeps_freed_blocks_inside_and_returns_them_on_exit():
     assert returned < 2**26, f"memory should be returned on exit, {returned / 2**20:.0f} MB was kept"
 
 
-@pytest.mark.skipif(
-    platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="the heap policy is glibc's"
-)
+@glibc_only
 def test_the_next_kernel_of_a_small_model_reuses_the_memory_of_the_last_unfaulted():
     # a fresh interpreter, whose heap holds little free memory before (the test session's could hold anything); a
     # conv net's kernel at n = 600 allocates and frees ~40 MB (features, patches, scratch), far below the 128 MiB kept
